@@ -1,0 +1,40 @@
+"""Selectable kernel initialisers (Xavier / He / LeCun) by name."""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+
+Initializer = Callable
+
+_INITIALIZERS: dict[str, Callable[[], Initializer]] = {
+    "xavier_uniform": nn.initializers.xavier_uniform,
+    "xavier_normal": nn.initializers.xavier_normal,
+    "glorot_uniform": nn.initializers.glorot_uniform,
+    "he_normal": nn.initializers.he_normal,
+    "he_uniform": nn.initializers.he_uniform,
+    "kaiming_normal": nn.initializers.kaiming_normal,
+    "lecun_normal": nn.initializers.lecun_normal,
+    "lecun_uniform": nn.initializers.lecun_uniform,
+}
+
+KERNEL_INITS = tuple(sorted(_INITIALIZERS))
+
+
+def get_initializer(name: str | Initializer) -> Initializer:
+    """Returns the kernel initialiser called ``name``.
+
+    Args:
+      name: one of ``KERNEL_INITS`` (``"xavier_uniform"``, ``"he_normal"``,
+        ``"lecun_normal"``, ...) or an initialiser callable, returned unchanged.
+
+    Returns:
+      A ``(key, shape, dtype) -> array`` initialiser.
+
+    Example:
+      >>> init = get_initializer("he_normal")
+    """
+    if callable(name):
+        return name
+    if name not in _INITIALIZERS:
+        raise ValueError(f"kernel_init={name!r} is not known; allowed values: {KERNEL_INITS}")
+    return _INITIALIZERS[name]()

@@ -1,0 +1,56 @@
+"""A name -> model constructor registry."""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from jaxopt_models.models.cnn import DeepCNN, lenet5, lenet5_caffe, mnist1d_cnn
+from jaxopt_models.models.mlp import MLP, lenet300_100
+from jaxopt_models.models.rnn import RNNClassifier
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "lenet300_100": lenet300_100,
+    "lenet5": lenet5,
+    "lenet5_caffe": lenet5_caffe,
+    "mnist1d_cnn": mnist1d_cnn,
+    "deep_cnn": DeepCNN,
+    "lstm": lambda **kw: RNNClassifier(cell="lstm", **kw),
+    "gru": lambda **kw: RNNClassifier(cell="gru", **kw),
+    "rnn": RNNClassifier,
+}
+
+
+def model_names() -> tuple[str, ...]:
+    """Returns the registered model names, sorted."""
+    return tuple(sorted(_MODELS))
+
+
+def register_model(name: str, constructor: Callable[..., nn.Module]) -> None:
+    """Registers ``constructor`` (``**kwargs -> nn.Module``) under ``name``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name={name!r} must be a non-empty string")
+    _MODELS[name] = constructor
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """Builds the model registered as ``name`` with ``kwargs``.
+
+    Args:
+      name: one of ``model_names()``: ``"mlp"``, ``"lenet300_100"``, ``"lenet5"``,
+        ``"lenet5_caffe"``, ``"mnist1d_cnn"``, ``"deep_cnn"``, ``"lstm"``, ``"gru"``, ``"rnn"``.
+      **kwargs: module attributes, e.g. ``features=(300, 100)``, ``num_classes=10``,
+        ``kernel_init="xavier_uniform"``.
+
+    Returns:
+      An unbound Flax module.
+
+    Example:
+      >>> model = get_model("mlp", features=(300, 100), kernel_init="xavier_uniform")
+    """
+    if name not in _MODELS:
+        raise ValueError(f"model name={name!r} is not known; allowed values: {model_names()}")
+    try:
+        return _MODELS[name](**kwargs)
+    except TypeError as e:
+        raise TypeError(f"bad arguments for model {name!r}: {e}") from e
