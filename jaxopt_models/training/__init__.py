@@ -1,0 +1,23 @@
+"""Training: state, optimizers, compiled steps and the experiment loop."""
+
+from jaxopt_models.training.config import default_config as default_config
+from jaxopt_models.training.io import append_jsonl as append_jsonl
+from jaxopt_models.training.io import atomic_write_bytes as atomic_write_bytes
+from jaxopt_models.training.io import atomic_write_json as atomic_write_json
+from jaxopt_models.training.loop import dataset_kwargs as dataset_kwargs
+from jaxopt_models.training.loop import evaluate as evaluate
+from jaxopt_models.training.loop import model_kwargs as model_kwargs
+from jaxopt_models.training.loop import print_results as print_results
+from jaxopt_models.training.loop import train_and_evaluate as train_and_evaluate
+from jaxopt_models.training.optimizers import OPTIMIZERS as OPTIMIZERS
+from jaxopt_models.training.optimizers import SCHEDULES as SCHEDULES
+from jaxopt_models.training.optimizers import make_optimizer as make_optimizer
+from jaxopt_models.training.optimizers import make_schedule as make_schedule
+from jaxopt_models.training.state import TrainState as TrainState
+from jaxopt_models.training.state import count_params as count_params
+from jaxopt_models.training.state import create_train_state as create_train_state
+from jaxopt_models.training.steps import cross_entropy as cross_entropy
+from jaxopt_models.training.steps import eval_step as eval_step
+from jaxopt_models.training.steps import make_eval_step as make_eval_step
+from jaxopt_models.training.steps import make_train_step as make_train_step
+from jaxopt_models.training.steps import train_step as train_step

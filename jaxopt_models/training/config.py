@@ -1,0 +1,52 @@
+"""The base experiment config every ``experiments/configs/*.py`` starts from."""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Returns the base experiment ``ConfigDict`` with every field the loop reads.
+
+    Fields:
+      seed: PRNG seed for init, dropout and data order.
+      dataset.name / data_dir / num_train / num_test: what ``data.get_dataset`` loads.
+      model.name and model.*: ``models.get_model(name, **rest)`` (``num_classes`` is taken
+        from the dataset when not set).
+      optimizer.*: see ``training.make_optimizer``.
+      batch_size, eval_batch_size, num_epochs, label_smoothing.
+      log_every_epochs: evaluate on the test set every this many epochs (and at the end).
+      sync_every_steps: block on the device at least this often (bounded queues).
+      progress: show a progress bar.
+
+    Example:
+      >>> config = default_config()
+      >>> config.model.name = "lenet5"
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "digits"
+    c.dataset.data_dir = config_dict.placeholder(str)
+    c.dataset.num_train = config_dict.placeholder(int)
+    c.dataset.num_test = config_dict.placeholder(int)
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "mlp"
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "constant"
+    c.optimizer.warmup_steps = 0
+    c.optimizer.momentum = 0.9
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip_norm = 0.0
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.num_epochs = 10
+    c.label_smoothing = 0.0
+    c.log_every_epochs = 1
+    c.sync_every_steps = 25
+    c.progress = True
+    return c
