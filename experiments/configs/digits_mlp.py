@@ -1,6 +1,6 @@
 r"""MLP 64-128-64-10 on scikit-learn's 8x8 digits: the quick default (`make demo`).
 
-  python -m experiments.train --config experiments/configs/digits_mlp.py --workdir runs/digits_mlp
+python -m experiments.train --config experiments/configs/digits_mlp.py --workdir runs/digits_mlp
 """
 
 from jaxopt_models.training import default_config

@@ -1,6 +1,6 @@
 r"""The MNIST-1D baseline CNN (three stride-2 convs of 25 channels).
 
-  python -m experiments.train --config experiments/configs/mnist1d_cnn.py --workdir runs/m1d_cnn
+python -m experiments.train --config experiments/configs/mnist1d_cnn.py --workdir runs/m1d_cnn
 """
 
 from jaxopt_models.training import default_config

@@ -1,6 +1,6 @@
 r"""GRU classifier on MNIST-1D signals read one value per time step.
 
-  python -m experiments.train --config experiments/configs/mnist1d_gru.py --workdir runs/m1d_gru
+python -m experiments.train --config experiments/configs/mnist1d_gru.py --workdir runs/m1d_gru
 """
 
 from jaxopt_models.training import default_config

@@ -1,6 +1,6 @@
 r"""MLP on MNIST-1D (generated locally, 4000 train / 1000 test).
 
-  python -m experiments.train --config experiments/configs/mnist1d_mlp.py --workdir runs/m1d_mlp
+python -m experiments.train --config experiments/configs/mnist1d_mlp.py --workdir runs/m1d_mlp
 """
 
 from jaxopt_models.training import default_config

@@ -280,7 +280,15 @@ def class_names(name: str) -> Sequence[str] | None:
     """Human-readable class names for a dataset, when known."""
     if name == "fashion_mnist":
         return (
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
         )
     return None

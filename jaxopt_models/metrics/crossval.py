@@ -53,17 +53,21 @@ def kfold_cross_validate(config, k: int = 5, workdir: str | None = None) -> dict
     folds = []
     for i, (tr, va) in enumerate(kfold_indices(len(ds.x_train), k, seed=int(config.seed))):
         fold_ds = ds._replace(
-            x_train=ds.x_train[tr], y_train=ds.y_train[tr],
-            x_test=ds.x_train[va], y_test=ds.y_train[va],
+            x_train=ds.x_train[tr],
+            y_train=ds.y_train[tr],
+            x_test=ds.x_train[va],
+            y_test=ds.y_train[va],
         )
         fold_dir = None if workdir is None else os.path.join(workdir, f"fold_{i}")
         _, results = train_and_evaluate(config, fold_dir, dataset=fold_ds)
-        folds.append({
-            "accuracy": results["test_accuracy"],
-            "macro_precision": results["test_macro_precision"],
-            "macro_recall": results["test_macro_recall"],
-            "macro_f1": results["test_macro_f1"],
-        })
+        folds.append(
+            {
+                "accuracy": results["test_accuracy"],
+                "macro_precision": results["test_macro_precision"],
+                "macro_recall": results["test_macro_recall"],
+                "macro_f1": results["test_macro_f1"],
+            }
+        )
     keys = folds[0].keys()
     mean = {key: float(np.mean([f[key] for f in folds])) for key in keys}
     std = {key: float(np.std([f[key] for f in folds], ddof=1)) for key in keys}

@@ -121,7 +121,9 @@ class ConvNet(nn.Module):
             x = pool(nn.relu(x), self.pool)
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, kernel_init=init, name=f"Dense_{i}")(_quant(self.act_quant, x)))
+            x = nn.relu(
+                nn.Dense(width, kernel_init=init, name=f"Dense_{i}")(_quant(self.act_quant, x))
+            )
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, kernel_init=init, name=f"Dense_{len(self.hidden)}")(
@@ -198,8 +200,12 @@ class DeepCNN(nn.Module):
         for stage in self.stages:
             for f in stage:
                 x = nn.Conv(
-                    f, (self.kernel_size,) * nsp, padding="SAME", use_bias=False,
-                    kernel_init=init, name=f"Conv_{i}",
+                    f,
+                    (self.kernel_size,) * nsp,
+                    padding="SAME",
+                    use_bias=False,
+                    kernel_init=init,
+                    name=f"Conv_{i}",
                 )(_quant(self.act_quant, x))
                 x = nn.BatchNorm(
                     use_running_average=not train, momentum=self.momentum, name=f"BatchNorm_{i}"
@@ -209,7 +215,9 @@ class DeepCNN(nn.Module):
             x = pool(x, self.pool)
         x = x.mean(axis=tuple(range(1, x.ndim - 1)))
         for j, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, kernel_init=init, name=f"Dense_{j}")(_quant(self.act_quant, x)))
+            x = nn.relu(
+                nn.Dense(width, kernel_init=init, name=f"Dense_{j}")(_quant(self.act_quant, x))
+            )
         if self.dropout_rate > 0:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, kernel_init=init, name=f"Dense_{len(self.hidden)}")(

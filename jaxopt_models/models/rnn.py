@@ -52,4 +52,6 @@ class RNNClassifier(nn.Module):
         for i in range(self.num_layers):
             x = nn.RNN(cell_cls(self.hidden_size, kernel_init=init), name=f"RNN_{i}")(x)
         x = x[:, -1]
-        return nn.Dense(self.num_classes, kernel_init=init, name="Dense_0")(_quant(self.act_quant, x))
+        return nn.Dense(self.num_classes, kernel_init=init, name="Dense_0")(
+            _quant(self.act_quant, x)
+        )

@@ -6,6 +6,8 @@ from jaxopt_models.training.io import atomic_write_bytes as atomic_write_bytes
 from jaxopt_models.training.io import atomic_write_json as atomic_write_json
 from jaxopt_models.training.loop import dataset_kwargs as dataset_kwargs
 from jaxopt_models.training.loop import evaluate as evaluate
+from jaxopt_models.training.loop import fit as fit
+from jaxopt_models.training.loop import load_dataset as load_dataset
 from jaxopt_models.training.loop import model_kwargs as model_kwargs
 from jaxopt_models.training.loop import print_results as print_results
 from jaxopt_models.training.loop import train_and_evaluate as train_and_evaluate

@@ -36,8 +36,14 @@ def _positive_int(config, key: str) -> int:
     return value
 
 
-def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int, eval_fn=None,
-             num_classes: int | None = None) -> dict[str, float]:
+def evaluate(
+    state: TrainState,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    eval_fn=None,
+    num_classes: int | None = None,
+) -> dict[str, float]:
     """Evaluates ``state`` on every example of ``(x, y)`` exactly once.
 
     Args:
@@ -74,14 +80,21 @@ def _print_table(rows: list[tuple[str, str]]) -> None:
     print(line)
 
 
+def load_dataset(config, dataset: Dataset | None = None) -> Dataset:
+    """``dataset`` if given, else the dataset named by ``config.dataset``."""
+    if dataset is not None:
+        return dataset
+    return get_dataset(config.dataset.name, **dataset_kwargs(config))
+
+
 def train_and_evaluate(
     config, workdir: str | None, *, dataset: Dataset | None = None
 ) -> tuple[TrainState, dict[str, Any]]:
     """Trains the config's model on its dataset, evaluating on the test split.
 
-    Writes ``<workdir>/metrics.jsonl`` (one line per evaluated epoch) and
-    ``<workdir>/results.json`` (atomically) with at least ``test_accuracy``,
-    ``test_macro_f1``, ``params``, ``train_seconds`` and ``config``.
+    Writes ``<workdir>/metrics.jsonl`` (one line per epoch) and ``<workdir>/results.json``
+    (atomically) with at least ``test_accuracy``, ``test_macro_f1``, ``params``,
+    ``train_seconds`` and ``config``.
 
     Args:
       config: a ``ConfigDict`` shaped like ``training.default_config()``.
@@ -96,19 +109,55 @@ def train_and_evaluate(
       >>> results["test_accuracy"]
     """
     batch_size = _positive_int(config, "batch_size")
+    num_epochs = _positive_int(config, "num_epochs")
+    ds = load_dataset(config, dataset)
+    model = get_model(config.model.name, **model_kwargs(config, ds.num_classes))
+    total_steps = steps_per_epoch(len(ds.x_train), batch_size) * num_epochs
+    tx = make_optimizer(config.optimizer, total_steps)
+    state = create_train_state(model, jax.random.key(config.seed), ds.x_train[:1], tx)
+    loss_fn = lambda logits, labels: cross_entropy(logits, labels, config.label_smoothing)
+    return fit(
+        config,
+        state,
+        ds,
+        workdir,
+        train_fn=make_train_step(loss_fn=loss_fn),
+        eval_fn=make_eval_step(loss_fn=loss_fn),
+    )
+
+
+def fit(
+    config,
+    state: TrainState,
+    ds: Dataset,
+    workdir: str | None,
+    *,
+    train_fn,
+    eval_fn,
+    extra_results: dict[str, Any] | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Runs the epochs of ``train_fn`` over ``ds``, evaluates, logs and writes results.
+
+    Args:
+      config: the experiment config (``batch_size``, ``num_epochs``, ``eval_batch_size``,
+        ``log_every_epochs``, ``sync_every_steps``, ``progress``, ``seed``).
+      state: the initial train state.
+      ds: the dataset (train split for training, test split for evaluation).
+      workdir: output directory; ``None`` writes nothing.
+      train_fn: compiled ``(state, batch) -> (state, {"loss", "accuracy"})``.
+      eval_fn: compiled ``(state, batch) -> {"pred", "loss"}``.
+      extra_results: more keys for ``results.json``.
+
+    Returns:
+      ``(final_state, results)``.
+    """
+    batch_size = _positive_int(config, "batch_size")
     eval_batch_size = _positive_int(config, "eval_batch_size")
     num_epochs = _positive_int(config, "num_epochs")
     log_every = _positive_int(config, "log_every_epochs")
     sync_every = _positive_int(config, "sync_every_steps")
-    ds = dataset if dataset is not None else get_dataset(config.dataset.name, **dataset_kwargs(config))
-    model = get_model(config.model.name, **model_kwargs(config, ds.num_classes))
     n_steps = steps_per_epoch(len(ds.x_train), batch_size)
     total_steps = n_steps * num_epochs
-    tx = make_optimizer(config.optimizer, total_steps)
-    state = create_train_state(model, jax.random.key(config.seed), ds.x_train[:1], tx)
-    loss_fn = lambda logits, labels: cross_entropy(logits, labels, config.label_smoothing)
-    train_fn = make_train_step(loss_fn=loss_fn)
-    eval_fn = make_eval_step(loss_fn=loss_fn)
 
     metrics_path = results_path = None
     if workdir is not None:
@@ -129,8 +178,8 @@ def train_and_evaluate(
     for epoch in range(num_epochs):
         t0 = time.perf_counter()
         step_metrics = []
-        for i, batch in enumerate(train_batches(ds.x_train, ds.y_train, batch_size,
-                                                seed=config.seed, epoch=epoch)):
+        batches = train_batches(ds.x_train, ds.y_train, batch_size, seed=config.seed, epoch=epoch)
+        for i, batch in enumerate(batches):
             state, m = train_fn(state, batch)
             step_metrics.append(m)
             if (i + 1) % sync_every == 0:
@@ -148,11 +197,16 @@ def train_and_evaluate(
         }
         if (epoch + 1) % log_every == 0 or epoch + 1 == num_epochs:
             test = evaluate(state, ds.x_test, ds.y_test, eval_batch_size, eval_fn, ds.num_classes)
-            record.update(test_loss=test["loss"], test_accuracy=test["accuracy"],
-                          test_macro_f1=test["macro_f1"])
+            record.update(
+                test_loss=test["loss"],
+                test_accuracy=test["accuracy"],
+                test_macro_f1=test["macro_f1"],
+            )
         if progress is not None:
-            progress.set_postfix(loss=f"{record['train_loss']:.4f}",
-                                 test_acc=f"{test['accuracy']:.4f}" if test else "-")
+            progress.set_postfix(
+                loss=f"{record['train_loss']:.4f}",
+                test_acc=f"{test['accuracy']:.4f}" if test else "-",
+            )
         history.append(record)
         if metrics_path is not None:
             append_jsonl(metrics_path, record)
@@ -173,6 +227,7 @@ def train_and_evaluate(
         "train_seconds": train_seconds,
         "steps": int(state.step),
         "history": history,
+        **(extra_results or {}),
         "config": config.to_dict(),
     }
     if results_path is not None:
@@ -182,12 +237,14 @@ def train_and_evaluate(
 
 def print_results(results: dict[str, Any]) -> None:
     """Prints the headline numbers of a ``train_and_evaluate`` result as a table."""
-    _print_table([
-        ("model / dataset", f"{results['model']} / {results['dataset']}"),
-        ("test accuracy", f"{results['test_accuracy']:.4f}"),
-        ("test macro precision", f"{results['test_macro_precision']:.4f}"),
-        ("test macro recall", f"{results['test_macro_recall']:.4f}"),
-        ("test macro F1", f"{results['test_macro_f1']:.4f}"),
-        ("parameters", f"{results['params']:,}"),
-        ("train seconds", f"{results['train_seconds']:.1f}"),
-    ])
+    _print_table(
+        [
+            ("model / dataset", f"{results['model']} / {results['dataset']}"),
+            ("test accuracy", f"{results['test_accuracy']:.4f}"),
+            ("test macro precision", f"{results['test_macro_precision']:.4f}"),
+            ("test macro recall", f"{results['test_macro_recall']:.4f}"),
+            ("test macro F1", f"{results['test_macro_f1']:.4f}"),
+            ("parameters", f"{results['params']:,}"),
+            ("train seconds", f"{results['train_seconds']:.1f}"),
+        ]
+    )
