@@ -1,0 +1,18 @@
+"""Knowledge-distillation losses: soft targets (KD), logit matching and hint losses.
+
+Pure functions over arrays and pytrees; the teacher-student train step that uses them is
+``jaxopt_models.training.distill``.
+"""
+
+from jaxopt_models.distillation.features import FeatureProjection as FeatureProjection
+from jaxopt_models.distillation.features import capture_features as capture_features
+from jaxopt_models.distillation.features import feature_loss as feature_loss
+from jaxopt_models.distillation.features import (
+    init_feature_projection as init_feature_projection,
+)
+from jaxopt_models.distillation.features import project_features as project_features
+from jaxopt_models.distillation.losses import distillation_loss as distillation_loss
+from jaxopt_models.distillation.losses import kd_loss as kd_loss
+from jaxopt_models.distillation.losses import mse_logits_loss as mse_logits_loss
+from jaxopt_models.distillation.losses import validate_alpha as validate_alpha
+from jaxopt_models.distillation.losses import validate_temperature as validate_temperature
