@@ -50,7 +50,8 @@ class RNNClassifier(nn.Module):
             x = x.reshape(x.shape[0], x.shape[1], -1)
         cell_cls = nn.OptimizedLSTMCell if self.cell == "lstm" else nn.GRUCell
         for i in range(self.num_layers):
-            x = nn.RNN(cell_cls(self.hidden_size, kernel_init=init), name=f"RNN_{i}")(x)
+            cell = cell_cls(self.hidden_size, kernel_init=init, name=f"cell_{i}")
+            x = nn.RNN(cell, name=f"RNN_{i}")(x)
         x = x[:, -1]
         return nn.Dense(self.num_classes, kernel_init=init, name="Dense_0")(
             _quant(self.act_quant, x)
