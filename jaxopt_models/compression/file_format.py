@@ -1,0 +1,823 @@
+"""A compact binary file format for compressed params (Deep Compression style).
+
+Layout (all integers are unsigned LEB128 varints unless noted)::
+
+    file    = MAGIC "JXCF" | version u8 | body length | body | CRC32 of all before (4 bytes BE)
+    body    = record count | record*
+    record  = path | kind u8 | shape | payload
+    path    = components shared with the previous path | new count | (tag u8, key)*
+              tag 0: dict key (length + UTF-8), 1: list index, 2: tuple index
+    shape   = ndim | dim*
+
+``kind`` bits 0-1 select the record type, bit 2 the sparse layout, bit 3 Fortran
+(column-major) element order for the sparse layout. Records:
+
+- float (type 0), dense: ``numel`` float32 (little-endian).
+  Sparse: entry count | gap stream | entry count float32 values.
+- weight-shared (type 1): code count | codebook float32. Dense: code stream of all
+  weights. Sparse: default code | entry count | gap stream | code stream of the entries.
+- quantized (type 2): values shape | scale (shape, float32) | zero point (shape,
+  zigzag varints) | minimum value (zigzag) | dense: stream of ``values - min``; sparse:
+  entry count | gap stream | stream of the entries' ``values - min``; elsewhere the
+  value is the zero point. The weight is ``(values - zero_point) * scale`` (float32).
+
+Sparse layouts store only the positions that differ from a default (0.0 for floats,
+the most frequent code, the zero point) as relative indices: each gap is the number of
+default positions skipped. As in Deep Compression, a gap larger than the chosen
+maximum ``2**b - 1`` is split by filler entries holding the default value; ``b`` and the
+element order are chosen per record to minimise the size.
+
+A stream holds ``n`` non-negative integers (``n`` known from the context): a mode byte,
+then either ``mode = w <= 32``: ``n`` values packed in ``w`` bits, or ``mode = 128``:
+a canonical Huffman code (alphabet size, 4-bit code lengths) and the coded bits. Each
+stream uses whichever is smaller (Huffman only when enabled).
+
+Files are written atomically (temporary file and ``os.replace``) and checked on load:
+bad magic, unknown version, truncation, trailing bytes, a CRC mismatch or a malformed
+record raise ``ValueError`` naming the file, never return garbage weights.
+"""
+
+import os
+import tempfile
+import zlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxopt_models.compression import huffman as _hf
+from jaxopt_models.compression._tree import aligned, named_leaves
+from jaxopt_models.compression.bitpack import bit_width, pack_bits, packed_size, unpack_bits
+from jaxopt_models.compression.weight_sharing import is_shared
+from jaxopt_models.typing import PyTree
+
+MAGIC = b"JXCF"
+VERSION = 1
+
+FLOAT, SHARED, QUANTIZED = 0, 1, 2
+_SPARSE = 4
+_ORDER_F = 8
+_HUFFMAN = 128
+_TAG_DICT, _TAG_LIST, _TAG_TUPLE = 0, 1, 2
+
+
+class FormatError(Exception):
+    """Malformed content inside a file that passed its length checks."""
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+class _Writer:
+    def __init__(self):
+        self.buf = bytearray()
+
+    def u8(self, v: int) -> None:
+        self.buf.append(v)
+
+    def varint(self, v: int) -> None:
+        v = int(v)
+        if v < 0:
+            raise ValueError(f"varint must be >= 0, got {v}")
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            if v:
+                self.buf.append(b | 0x80)
+            else:
+                self.buf.append(b)
+                return
+
+    def zigzag(self, v: int) -> None:
+        v = int(v)
+        self.varint(2 * v if v >= 0 else -2 * v - 1)
+
+    def raw(self, b: bytes) -> None:
+        self.buf += b
+
+
+class _Reader:
+    def __init__(self, buf: bytes, pos: int = 0, end: int | None = None):
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise FormatError(
+                f"needs {n} bytes at offset {self.pos}, only {self.end - self.pos} left"
+            )
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self) -> int:
+        v, shift = 0, 0
+        for _ in range(10):
+            b = self.u8()
+            v |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return v
+            shift += 7
+        raise FormatError(f"varint longer than 10 bytes at offset {self.pos}")
+
+    def zigzag(self) -> int:
+        v = self.varint()
+        return v >> 1 if not v & 1 else -((v + 1) >> 1)
+
+
+def _varint_size(v: int) -> int:
+    return max(1, (int(v).bit_length() + 6) // 7)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def _stream_cost(symbols: np.ndarray, huffman: bool) -> tuple[int, Any]:
+    """Smallest encoded size of a stream in bytes and how to get it."""
+    n = symbols.size
+    if n == 0:
+        return 1, ("raw", 0)
+    counts = np.bincount(symbols)
+    width = bit_width(counts.size - 1)
+    best = (1 + packed_size(n, width), ("raw", width))
+    if huffman and counts.size <= 1 << 16:
+        lengths = _hf.code_lengths(counts)
+        bits = _hf.encoded_bits(counts, lengths, counts=True)
+        size = 1 + _varint_size(lengths.size) + (lengths.size + 1) // 2 + (bits + 7) // 8
+        if size < best[0]:
+            best = (size, ("huffman", lengths))
+    return best
+
+
+def _write_stream(w: _Writer, symbols: np.ndarray, huffman: bool) -> None:
+    symbols = np.asarray(symbols, np.int64)
+    _, (mode, arg) = _stream_cost(symbols, huffman)
+    if mode == "raw":
+        w.u8(arg)
+        w.raw(pack_bits(symbols, arg))
+    else:
+        w.u8(_HUFFMAN)
+        w.varint(arg.size)
+        w.raw(_hf.pack_lengths(arg))
+        w.raw(_hf.encode_symbols(symbols, arg)[0])
+
+
+def _read_stream(r: _Reader, n: int) -> np.ndarray:
+    mode = r.u8()
+    if mode <= 32:
+        data = r.take(packed_size(n, mode))
+        return unpack_bits(data, mode, n).astype(np.int64)
+    if mode != _HUFFMAN:
+        raise FormatError(f"unknown stream mode {mode}")
+    alphabet = r.varint()
+    if alphabet > 1 << 16:
+        raise FormatError(f"Huffman alphabet of {alphabet} symbols is too large")
+    try:
+        lengths = _hf.unpack_lengths(r.take((alphabet + 1) // 2), alphabet)
+        view = np.frombuffer(r.buf, np.uint8, count=r.end - r.pos, offset=r.pos)
+        symbols, end = _hf.decode_prefix(view, lengths, n)
+    except ValueError as e:
+        raise FormatError(str(e)) from None
+    r.pos += (end + 7) // 8
+    return symbols
+
+
+# --------------------------------------------------------------------------- sparse layout
+
+
+def _sparse_entries(explicit: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (with fillers) and gaps for the explicit positions, max gap ``2**b - 1``."""
+    pos = np.flatnonzero(explicit)
+    prev = np.concatenate([[-1], pos[:-1]])
+    gaps = pos - prev - 1
+    step = 1 << b
+    fill = gaps >> b
+    if not fill.any():
+        return pos, gaps
+    filler_pos = np.repeat(prev, fill) + step * (
+        np.arange(fill.sum()) - np.repeat(np.cumsum(fill) - fill, fill) + 1
+    )
+    all_pos = np.sort(np.concatenate([pos, filler_pos]))
+    all_gaps = np.diff(np.concatenate([[-1], all_pos])) - 1
+    return all_pos, all_gaps
+
+
+class _Sparse(NamedTuple):
+    size: int
+    order: str
+    positions: np.ndarray
+    gaps: np.ndarray
+
+
+def _best_sparse(explicit_full: np.ndarray, entry_cost, huffman: bool) -> _Sparse | None:
+    """The cheapest sparse layout over element orders and maximum gaps.
+
+    ``entry_cost(positions_in_order_flat, order)`` gives the bytes of everything stored
+    per entry (values or codes) for the given entries.
+    """
+    best = None
+    orders = ("C", "F") if explicit_full.ndim > 1 else ("C",)
+    for order in orders:
+        explicit = explicit_full.ravel(order=order)
+        n_explicit = int(np.count_nonzero(explicit))
+        if n_explicit == 0:
+            pos = np.zeros(0, np.int64)
+            cand = [(pos, pos)]
+        else:
+            gmax = int(np.max(np.diff(np.concatenate([[-1], np.flatnonzero(explicit)])) - 1))
+            cand = [_sparse_entries(explicit, b) for b in range(1, max(bit_width(gmax), 1) + 1)]
+        for pos, gaps in cand:
+            size = _varint_size(pos.size) + _stream_cost(gaps, huffman)[0] + entry_cost(pos, order)
+            if best is None or size < best.size:
+                best = _Sparse(size, order, pos, gaps)
+    return best
+
+
+def _flat_in(x: np.ndarray, order: str) -> np.ndarray:
+    return np.asarray(x).ravel(order=order)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _write_shape(w: _Writer, shape) -> None:
+    w.varint(len(shape))
+    for d in shape:
+        w.varint(d)
+
+
+def _read_shape(r: _Reader) -> tuple[int, ...]:
+    ndim = r.varint()
+    if ndim > 32:
+        raise FormatError(f"ndim {ndim} is too large")
+    shape = tuple(r.varint() for _ in range(ndim))
+    if int(np.prod(shape, dtype=object)) > 1 << 40:
+        raise FormatError(f"shape {shape} is too large")
+    return shape
+
+
+def _f32_bytes(x: np.ndarray) -> bytes:
+    return np.asarray(x, "<f4").tobytes()
+
+
+def _read_f32(r: _Reader, n: int) -> np.ndarray:
+    return np.frombuffer(r.take(4 * n), "<f4").astype(np.float32)
+
+
+def _float_record(x: np.ndarray, *, huffman: bool, sparse: bool | None = None) -> bytes:
+    """Record for a float32 array: raw, or sparse (nonzero bit patterns only)."""
+    x = np.asarray(x, np.float32)
+    w = _Writer()
+    explicit = x != 0  # zeros of either sign are the default, loaded as +0.0
+    best = None
+    if sparse is not False:
+        best = _best_sparse(explicit, lambda pos, order: 4 * pos.size, huffman)
+    if best is None or (sparse is None and best.size >= 4 * x.size):
+        w.u8(FLOAT)
+        _write_shape(w, x.shape)
+        w.raw(_f32_bytes(x))
+        return bytes(w.buf)
+    w.u8(FLOAT | _SPARSE | (_ORDER_F if best.order == "F" else 0))
+    _write_shape(w, x.shape)
+    w.varint(best.positions.size)
+    _write_stream(w, best.gaps, huffman)
+    w.raw(_f32_bytes(_flat_in(x, best.order)[best.positions]))
+    return bytes(w.buf)
+
+
+def _shared_record(
+    codebook: np.ndarray, indices: np.ndarray, *, huffman: bool, sparse: bool | None = None
+) -> bytes:
+    codebook = np.asarray(codebook, np.float32).reshape(-1)
+    indices = np.asarray(indices).astype(np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= codebook.size):
+        raise ValueError(
+            f"indices must lie in [0, {codebook.size}), got [{indices.min()}, {indices.max()}]"
+        )
+    dense_cost = _stream_cost(indices.reshape(-1), huffman)[0]
+    best = None
+    default = 0
+    if sparse is not False and indices.size:
+        default = int(np.argmax(np.bincount(indices.reshape(-1), minlength=codebook.size)))
+        explicit = indices != default
+        best = _best_sparse(
+            explicit,
+            lambda pos, order: _stream_cost(_flat_in(indices, order)[pos], huffman)[0],
+            huffman,
+        )
+    w = _Writer()
+    use_sparse = best is not None and (sparse or best.size + _varint_size(default) < dense_cost)
+    kind = SHARED | (_SPARSE | (_ORDER_F if best.order == "F" else 0) if use_sparse else 0)
+    w.u8(kind)
+    _write_shape(w, indices.shape)
+    w.varint(codebook.size)
+    w.raw(_f32_bytes(codebook))
+    if not use_sparse:
+        _write_stream(w, indices.reshape(-1), huffman)
+        return bytes(w.buf)
+    w.varint(default)
+    w.varint(best.positions.size)
+    _write_stream(w, best.gaps, huffman)
+    _write_stream(w, _flat_in(indices, best.order)[best.positions], huffman)
+    return bytes(w.buf)
+
+
+class _Quant(NamedTuple):
+    values: np.ndarray  # integers
+    scale: np.ndarray  # float32, broadcastable to values
+    zero_point: np.ndarray  # integers, broadcastable to values
+
+
+def _as_quant(q: Any, name: str) -> _Quant:
+    for attr in ("values", "scale", "zero_point"):
+        if not hasattr(q, attr):
+            raise TypeError(
+                f"quantized entry for {name!r} must have 'values', 'scale' and 'zero_point' "
+                f"attributes (a QTensor), got {type(q).__name__}"
+            )
+    values = np.asarray(q.values)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"quantized values for {name!r} must be integers, got {values.dtype}")
+    scale = np.asarray(q.scale, np.float32)
+    zp = np.asarray(q.zero_point)
+    if zp.size and not np.all(zp == np.round(zp)):
+        raise ValueError(f"zero_point for {name!r} must hold integers")
+    zp = zp.astype(np.int64)
+    axis = getattr(q, "axis", None)
+    for label, arr in (("scale", scale), ("zero_point", zp)):
+        if arr.ndim == 1 and values.ndim > 1 and arr.size > 1 and isinstance(axis, int):
+            shape = [1] * values.ndim
+            shape[axis] = arr.size
+            arr = arr.reshape(shape)
+        try:
+            np.broadcast_shapes(arr.shape, values.shape)
+        except ValueError:
+            raise ValueError(
+                f"{label} of shape {arr.shape} does not broadcast to the values' shape "
+                f"{values.shape} for {name!r}"
+            ) from None
+        if label == "scale":
+            scale = arr
+        else:
+            zp = arr
+    return _Quant(values.astype(np.int64), scale, zp)
+
+
+def dequantize_record(q: _Quant) -> np.ndarray:
+    """``(values - zero_point) * scale`` in float32: how quantized records are loaded."""
+    return (q.values.astype(np.float32) - q.zero_point.astype(np.float32)) * q.scale
+
+
+def _quantized_record(q: _Quant, shape, *, huffman: bool, sparse: bool | None = None) -> bytes:
+    values = q.values
+    qmin = int(values.min()) if values.size else 0
+    sym = values - qmin
+    zp_full = np.broadcast_to(q.zero_point, values.shape)
+    dense_cost = _stream_cost(sym.reshape(-1), huffman)[0]
+    best = None
+    if sparse is not False and values.size:
+        best = _best_sparse(
+            values != zp_full,
+            lambda pos, order: _stream_cost(_flat_in(sym, order)[pos], huffman)[0],
+            huffman,
+        )
+    use_sparse = best is not None and (sparse or best.size < dense_cost)
+    w = _Writer()
+    w.u8(QUANTIZED | (_SPARSE | (_ORDER_F if best.order == "F" else 0) if use_sparse else 0))
+    _write_shape(w, shape)
+    _write_shape(w, values.shape)
+    _write_shape(w, q.scale.shape)
+    w.raw(_f32_bytes(q.scale))
+    _write_shape(w, q.zero_point.shape)
+    for z in q.zero_point.reshape(-1):
+        w.zigzag(int(z))
+    w.zigzag(qmin)
+    if not use_sparse:
+        _write_stream(w, sym.reshape(-1), huffman)
+        return bytes(w.buf)
+    w.varint(best.positions.size)
+    _write_stream(w, best.gaps, huffman)
+    _write_stream(w, _flat_in(sym, best.order)[best.positions], huffman)
+    return bytes(w.buf)
+
+
+def _scatter(default_flat: np.ndarray, positions: np.ndarray, values: np.ndarray, shape, order):
+    out = default_flat.copy()
+    out[positions] = values
+    return out.reshape(shape, order=order)
+
+
+def _read_positions(r: _Reader, numel: int) -> np.ndarray:
+    n = r.varint()
+    if n > numel:
+        raise FormatError(f"{n} sparse entries for {numel} elements")
+    gaps = _read_stream(r, n)
+    positions = np.cumsum(gaps + 1) - 1
+    if n and positions[-1] >= numel:
+        raise FormatError(f"sparse position {positions[-1]} out of range for {numel} elements")
+    return positions
+
+
+def _read_record(r: _Reader) -> np.ndarray:
+    kind = r.u8()
+    rtype, sparse, order = kind & 3, bool(kind & _SPARSE), "F" if kind & _ORDER_F else "C"
+    if kind & ~(3 | _SPARSE | _ORDER_F) or rtype > QUANTIZED:
+        raise FormatError(f"unknown record kind {kind}")
+    shape = _read_shape(r)
+    numel = int(np.prod(shape, dtype=np.int64))
+    if rtype == FLOAT:
+        if not sparse:
+            return _read_f32(r, numel).reshape(shape)
+        positions = _read_positions(r, numel)
+        values = _read_f32(r, positions.size)
+        return _scatter(np.zeros(numel, np.float32), positions, values, shape, order)
+    if rtype == SHARED:
+        n_codes = r.varint()
+        if n_codes > 1 << 16:
+            raise FormatError(f"codebook of {n_codes} entries is too large")
+        codebook = _read_f32(r, n_codes)
+        if not sparse:
+            indices = _read_stream(r, numel)
+        else:
+            default = r.varint()
+            positions = _read_positions(r, numel)
+            codes = _read_stream(r, positions.size)
+            indices = np.full(numel, default, np.int64)
+            indices[positions] = codes
+        if indices.size and indices.max() >= n_codes:
+            raise FormatError(f"code {indices.max()} out of range for {n_codes} codes")
+        return codebook[indices].reshape(shape, order=order)
+    vshape = _read_shape(r)
+    if int(np.prod(vshape, dtype=np.int64)) != numel:
+        raise FormatError(f"values shape {vshape} does not match shape {shape}")
+    sshape = _read_shape(r)
+    scale = _read_f32(r, int(np.prod(sshape, dtype=np.int64))).reshape(sshape)
+    zshape = _read_shape(r)
+    zp = np.array([r.zigzag() for _ in range(int(np.prod(zshape, dtype=np.int64)))], np.int64)
+    zp = zp.reshape(zshape)
+    try:
+        zp_full = np.broadcast_to(zp, vshape)
+        np.broadcast_shapes(sshape, vshape)
+    except ValueError:
+        raise FormatError(f"scale/zero point shapes {sshape}/{zshape} vs values {vshape}") from None
+    qmin = r.zigzag()
+    if not sparse:
+        values = _read_stream(r, numel).reshape(vshape) + qmin
+    else:
+        positions = _read_positions(r, numel)
+        sym = _read_stream(r, positions.size)
+        values = _scatter(_flat_in(zp_full, order), positions, sym + qmin, vshape, order)
+    return dequantize_record(_Quant(values, scale, zp)).reshape(shape)
+
+
+# --------------------------------------------------------------------------- tree paths
+
+
+def _components(params: PyTree) -> list[tuple[tuple[tuple[int, Any], ...], Any]]:
+    """``[(((tag, key), ...), leaf), ...]`` for dict / list / tuple containers."""
+    out = []
+
+    def walk(node, prefix):
+        if isinstance(node, Mapping):
+            for k in sorted(node):
+                if not isinstance(k, str):
+                    raise TypeError(f"dict keys must be str to be saved, got {k!r}")
+                walk(node[k], prefix + ((_TAG_DICT, k),))
+        elif isinstance(node, list | tuple) and not hasattr(node, "_fields"):
+            tag = _TAG_LIST if isinstance(node, list) else _TAG_TUPLE
+            for i, v in enumerate(node):
+                walk(v, prefix + ((tag, i),))
+        elif node is None:
+            return
+        elif hasattr(node, "shape") and hasattr(node, "dtype"):
+            out.append((prefix, node))
+        else:
+            raise TypeError(
+                f"cannot save a {type(node).__name__} at {'/'.join(str(k) for _, k in prefix)}: "
+                "params must be nested dicts / lists / tuples of arrays"
+            )
+
+    walk(params, ())
+    return out
+
+
+def _write_path(w: _Writer, path, prev) -> None:
+    common = 0
+    while common < min(len(path), len(prev)) and path[common] == prev[common]:
+        common += 1
+    w.varint(common)
+    w.varint(len(path) - common)
+    for tag, key in path[common:]:
+        w.u8(tag)
+        if tag == _TAG_DICT:
+            data = key.encode("utf-8")
+            w.varint(len(data))
+            w.raw(data)
+        else:
+            w.varint(key)
+
+
+def _read_path(r: _Reader, prev) -> tuple:
+    common = r.varint()
+    if common > len(prev):
+        raise FormatError(f"path shares {common} components with a path of {len(prev)}")
+    path = list(prev[:common])
+    for _ in range(r.varint()):
+        tag = r.u8()
+        if tag == _TAG_DICT:
+            try:
+                path.append((tag, r.take(r.varint()).decode("utf-8")))
+            except UnicodeDecodeError:
+                raise FormatError("dict key is not valid UTF-8") from None
+        elif tag in (_TAG_LIST, _TAG_TUPLE):
+            path.append((tag, r.varint()))
+        else:
+            raise FormatError(f"unknown path tag {tag}")
+    return tuple(path)
+
+
+def _build_tree(items: list[tuple[tuple, Any]]) -> PyTree:
+    """Nested dicts / lists / tuples from ``(path, leaf)`` items."""
+    if not items:
+        return {}
+    if len(items) == 1 and items[0][0] == ():
+        return items[0][1]
+    tag = items[0][0][0][0]
+    groups: dict[Any, list] = {}
+    for path, leaf in items:
+        if not path or path[0][0] != tag:
+            raise FormatError("inconsistent container types in the record paths")
+        groups.setdefault(path[0][1], []).append((path[1:], leaf))
+    children = {k: _build_tree(v) for k, v in groups.items()}
+    if tag == _TAG_DICT:
+        return children
+    if sorted(children) != list(range(len(children))):
+        raise FormatError("sequence indices are not contiguous")
+    seq = [children[i] for i in range(len(children))]
+    return seq if tag == _TAG_LIST else tuple(seq)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _is_quant(x: Any) -> bool:
+    return x is not None and hasattr(x, "values") and hasattr(x, "scale")
+
+
+class _Leaf(NamedTuple):
+    path: tuple
+    name: str
+    kind: int  # FLOAT, SHARED or QUANTIZED
+    value: np.ndarray  # the float32 weights the record stores
+    build: Any  # build(huffman, sparse) -> record bytes
+
+
+def _leaf_records(params, masks, shared, quantized, check: bool) -> list[_Leaf]:
+    """One :class:`_Leaf` per params leaf, validated against masks and records."""
+    items = _components(params)
+    names = [n for n, _ in named_leaves(params)]
+    if len(names) != len(items):
+        raise TypeError("params must be nested dicts / lists / tuples of arrays")
+    mask_l = aligned(params, masks, "masks")
+    shared_l = aligned(params, shared, "shared", is_leaf=is_shared)
+    quant_l = aligned(params, quantized, "quantized", is_leaf=_is_quant)
+    # jax flattens dicts in sorted key order, as _components does, so leaves align.
+    out = []
+    for (path, leaf), name, mask, s, q in zip(items, names, mask_l, shared_l, quant_l, strict=True):
+        value = np.asarray(leaf)
+        if not np.issubdtype(value.dtype, np.floating):
+            raise TypeError(f"params leaf {name!r} must be floating point, got {value.dtype}")
+        value = value.astype(np.float32)
+        if _is_quant(q):
+            qt = _as_quant(q, name)
+            if qt.values.size != value.size:
+                raise ValueError(
+                    f"quantized values for {name!r} have {qt.values.size} elements, "
+                    f"the params leaf has {value.size}"
+                )
+            stored = dequantize_record(qt).reshape(value.shape)
+            build = lambda huffman, sparse, qt=qt, shape=value.shape: _quantized_record(
+                qt, shape, huffman=huffman, sparse=sparse
+            )
+            what = "the dequantized values (values - zero_point) * scale"
+            kind = QUANTIZED
+        elif is_shared(s):
+            codebook, indices = np.asarray(s.codebook, np.float32), np.asarray(s.indices)
+            if indices.shape != value.shape:
+                raise ValueError(
+                    f"shared indices for {name!r} have shape {indices.shape}, "
+                    f"the params leaf has {value.shape}"
+                )
+            stored = codebook[indices.astype(np.int64)]
+            build = lambda huffman, sparse, c=codebook, i=indices: _shared_record(
+                c, i, huffman=huffman, sparse=sparse
+            )
+            what = "shared_params(shared)"
+            kind = SHARED
+        else:
+            stored = value
+            build = lambda huffman, sparse, v=value: _float_record(
+                v, huffman=huffman, sparse=sparse
+            )
+            what = None
+            kind = FLOAT
+        if check and what is not None and not np.array_equal(stored, value):
+            diff = float(np.max(np.abs(stored - value)))
+            raise ValueError(
+                f"the record for {name!r} does not reproduce its params leaf (max abs "
+                f"difference {diff:g}); pass params equal to {what}, or check=False to "
+                "store the record as given"
+            )
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != value.shape:
+                raise ValueError(
+                    f"mask for {name!r} has shape {mask.shape}, leaf has {value.shape}"
+                )
+            if np.any(stored[~mask.astype(bool)] != 0):
+                raise ValueError(
+                    f"{name!r} has nonzero weights where its mask is False; apply the masks "
+                    "before saving"
+                )
+        out.append(_Leaf(path, name, kind, stored.astype(np.float32), build))
+    return out
+
+
+def encode_compressed(
+    params: PyTree,
+    *,
+    masks: PyTree | None = None,
+    shared: PyTree | None = None,
+    quantized: PyTree | None = None,
+    huffman: bool = True,
+    check: bool = True,
+) -> bytes:
+    """The bytes :func:`save_compressed` writes (see there for the arguments).
+
+    Example:
+      >>> data = encode_compressed(params, shared=shared)
+      >>> params2 = decode_compressed(data)
+    """
+    records = _leaf_records(params, masks, shared, quantized, check)
+    body = _Writer()
+    body.varint(len(records))
+    prev: tuple = ()
+    for leaf in records:
+        _write_path(body, leaf.path, prev)
+        body.raw(leaf.build(huffman, None))
+        prev = leaf.path
+    out = _Writer()
+    out.raw(MAGIC)
+    out.u8(VERSION)
+    out.varint(len(body.buf))
+    out.raw(bytes(body.buf))
+    out.raw(zlib.crc32(bytes(out.buf)).to_bytes(4, "big"))
+    return bytes(out.buf)
+
+
+def decode_compressed(data: bytes, source: str = "<bytes>") -> PyTree:
+    """Parses bytes from :func:`encode_compressed`; errors name ``source``.
+
+    Raises:
+      ValueError: bad magic, unsupported version, truncated or oversized data,
+        checksum mismatch or a malformed record.
+
+    Example:
+      >>> params = decode_compressed(encode_compressed(params))
+    """
+    data = bytes(data)
+
+    def fail(what: str):
+        return ValueError(f"{source}: {what}")
+
+    if len(data) < len(MAGIC) + 1 or data[: len(MAGIC)] != MAGIC:
+        raise fail("not a jaxopt_models compressed file (bad magic bytes)")
+    if data[len(MAGIC)] != VERSION:
+        raise fail(f"unsupported format version {data[len(MAGIC)]} (this reader knows {VERSION})")
+    r = _Reader(data, len(MAGIC) + 1)
+    try:
+        body_len = r.varint()
+    except FormatError:
+        raise fail(f"truncated file: {len(data)} bytes, header incomplete") from None
+    expected = r.pos + body_len + 4
+    if len(data) < expected:
+        raise fail(
+            f"truncated or corrupted file: it has {len(data)} bytes, its header says {expected}"
+        )
+    if len(data) > expected:
+        raise fail(
+            f"corrupted file: it has {len(data)} bytes, its header says {expected} "
+            "(trailing data or a damaged header)"
+        )
+    stored = int.from_bytes(data[-4:], "big")
+    computed = zlib.crc32(data[:-4])
+    if stored != computed:
+        raise fail(
+            f"checksum mismatch (stored CRC32 {stored:08x}, computed {computed:08x}): "
+            "the file is corrupted"
+        )
+    r = _Reader(data, r.pos, len(data) - 4)
+    try:
+        items = []
+        prev: tuple = ()
+        for _ in range(r.varint()):
+            path = _read_path(r, prev)
+            items.append((path, jnp.asarray(_read_record(r))))
+            prev = path
+        if r.pos != r.end:
+            raise FormatError(f"{r.end - r.pos} bytes left after the last record")
+        return _build_tree(items)
+    except (FormatError, ValueError, IndexError, OverflowError, TypeError) as e:
+        raise fail(f"malformed record data: {e}") from None
+
+
+def save_compressed(
+    path: str | os.PathLike,
+    params: PyTree,
+    *,
+    masks: PyTree | None = None,
+    shared: PyTree | None = None,
+    quantized: PyTree | None = None,
+    huffman: bool = True,
+    check: bool = True,
+) -> int:
+    """Writes params to a compact, checksummed binary file, atomically.
+
+    Every leaf becomes one record: a quantized record if ``quantized`` has a QTensor
+    there, a weight-shared record if ``shared`` has a ``SharedTensor`` there, else a
+    float32 record. Each record picks its smallest layout: dense, or sparse with
+    relative indices (filler entries for long gaps, the element order and the maximum
+    gap chosen to minimise the size), with every integer stream bit-packed at its
+    minimal width or Huffman-coded, whichever is smaller.
+
+    Args:
+      path: destination file; written to a temporary file in the same directory and
+        moved into place with ``os.replace``.
+      params: params pytree of float arrays (nested dicts / lists / tuples). These are
+        the weights the compressed model predicts with; loading returns them bitwise
+        (as float32).
+      masks: optional boolean masks like ``params`` (``None`` leaves allowed); masked-out
+        weights must be zero (checked).
+      shared: optional tree from ``cluster_weights`` (``SharedTensor`` at shared leaves).
+      quantized: optional tree like ``params`` with a QTensor (anything with integer
+        ``values``, float ``scale`` and integer ``zero_point`` broadcastable to the values,
+        or 1-D along ``axis``) at quantized leaves, ``None`` elsewhere. Loaded as
+        ``(values - zero_point) * scale`` in float32.
+      huffman: allow Huffman coding of the index / code / integer streams.
+      check: verify that every shared / quantized record reproduces its params leaf
+        bitwise, so the loaded model predicts exactly what the saved one did.
+
+    Returns:
+      The file size in bytes.
+
+    Example:
+      >>> shared = cluster_weights(params, bits=5, masks=masks)
+      >>> n_bytes = save_compressed("model.jxc", shared_params(shared), shared=shared)
+      >>> params = load_compressed("model.jxc")
+    """
+    data = encode_compressed(
+        params, masks=masks, shared=shared, quantized=quantized, huffman=huffman, check=check
+    )
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jxcf", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return len(data)
+
+
+def load_compressed(path: str | os.PathLike) -> PyTree:
+    """Reads a file written by :func:`save_compressed`.
+
+    Args:
+      path: the file.
+
+    Returns:
+      The params pytree (nested dicts / lists / tuples as saved) of float32 arrays,
+      bitwise equal to the saved params.
+
+    Raises:
+      ValueError: naming the file and what failed, for a file that is not ours, of an
+        unknown version, truncated, corrupted (CRC32 mismatch) or malformed.
+
+    Example:
+      >>> params = load_compressed("model.jxc")
+      >>> logits = model.apply({"params": params}, x)
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return decode_compressed(data, source=path)
