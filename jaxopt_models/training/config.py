@@ -17,6 +17,15 @@ def default_config() -> ml_collections.ConfigDict:
       log_every_epochs: evaluate on the test set every this many epochs (and at the end).
       sync_every_steps: block on the device at least this often (bounded queues).
       progress: show a progress bar.
+      parallel: ``"none"`` | ``"sharding"`` | ``"pmap"`` (see ``training.make_train_step``).
+      checkpoint.every_steps: save every this many steps and at the end (0: never).
+      checkpoint.keep: how many recent checkpoints to keep.
+      resume: continue from the latest checkpoint in ``<workdir>/checkpoints``.
+      nan_policy: ``"error"`` (stop naming the step; the last good checkpoint stays) or
+        ``"skip"`` (undo non-finite steps and go on).
+      distributed.*: ``jax.distributed`` settings (``training.initialize_distributed``):
+        ``coordinator_address``, ``num_processes``, ``process_id`` (else from the
+        environment) or ``auto`` (TPU pod / Slurm / Open MPI detection).
 
     Example:
       >>> config = default_config()
@@ -49,4 +58,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every_epochs = 1
     c.sync_every_steps = 25
     c.progress = True
+    c.parallel = "none"
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 0
+    c.checkpoint.keep = 3
+    c.resume = False
+    c.nan_policy = "error"
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = config_dict.placeholder(str)
+    c.distributed.num_processes = config_dict.placeholder(int)
+    c.distributed.process_id = config_dict.placeholder(int)
+    c.distributed.auto = False
     return c

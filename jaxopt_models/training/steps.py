@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxopt_models.training.parallel import DATA_AXIS, ParallelStep, cross_replica_mean
 from jaxopt_models.training.state import TrainState
 from jaxopt_models.typing import PyTree
 
@@ -49,6 +50,7 @@ def train_step(
     *,
     loss_fn: LossFn = cross_entropy,
     params_fn: ParamsFn | None = None,
+    axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on ``batch`` (pure; jit it or use ``make_train_step``).
 
@@ -58,11 +60,16 @@ def train_step(
       loss_fn: per-example loss ``(logits, labels) -> (N,)``; averaged over the batch.
       params_fn: optional transform of the params inside the loss (e.g. weight
         fake-quantization for QAT); gradients flow through it to the float params.
+      axis_name: the ``pmap`` axis when run under ``pmap`` (``make_train_step`` passes
+        it): gradients, metrics and batch statistics are averaged over it and each
+        device draws its own dropout mask. ``None`` under ``jit``.
 
     Returns:
       ``(new_state, {"loss": scalar, "accuracy": scalar})``.
     """
     rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def objective(params):
         p = params if params_fn is None else params_fn(params)
@@ -72,13 +79,15 @@ def train_step(
     (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params
     )
+    grads = cross_replica_mean(grads, axis_name)
+    new_model_state = cross_replica_mean(new_model_state, axis_name)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     acc = (jnp.argmax(logits, -1) == batch["label"]).mean()
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state
     )
-    return new_state, {"loss": loss, "accuracy": acc}
+    return new_state, cross_replica_mean({"loss": loss, "accuracy": acc}, axis_name)
 
 
 def eval_step(
@@ -108,27 +117,60 @@ def eval_step(
 
 
 def make_train_step(
+    step_fn: Callable[..., tuple[TrainState, dict[str, Any]]] | None = None,
     *,
-    loss_fn: LossFn = cross_entropy,
+    loss_fn: LossFn | None = None,
     params_fn: ParamsFn | None = None,
+    parallel: str = "none",
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: str = DATA_AXIS,
     donate: bool = True,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
-    """The compiled ``train_step`` with the state donated (its buffers are reused).
+    skip_nonfinite: bool = False,
+) -> ParallelStep:
+    """The compiled train step in one of the ``parallel`` modes, state donated.
 
     Args:
-      loss_fn: per-example loss.
-      params_fn: optional params transform inside the loss.
+      step_fn: any pure step ``step_fn(state, batch, *extra) -> (state, metrics)`` with
+        a scalar ``metrics["loss"]`` (e.g. a distillation step taking the teacher's
+        variables as ``extra``); for ``parallel="pmap"`` it must take ``axis_name=`` and
+        average its gradients and metrics with ``cross_replica_mean``. Default:
+        ``train_step`` with ``loss_fn`` and ``params_fn``.
+      loss_fn: per-example loss of the default step (default ``cross_entropy``).
+      params_fn: optional params transform inside the loss of the default step (QAT).
+      parallel: ``"none"`` (jit), ``"sharding"`` (jit over ``mesh``, batch sharded on
+        ``axis_name``, state replicated) or ``"pmap"``.
+      mesh: the mesh for ``"sharding"`` (default: all devices on a ``"data"`` axis).
+      axis_name: the mesh axis the batch is split on / the ``pmap`` axis name.
       donate: donate the input state (do not use it after the call).
+      skip_nonfinite: undo a step whose loss or new state is not finite (the step
+        counter still advances; ``metrics["skipped"]`` is 1).
 
     Returns:
-      ``step(state, batch) -> (state, metrics)``, jitted.
+      A ``ParallelStep``: ``step(state, batch, *extra) -> (state, metrics)``, with
+      ``place_state`` / ``local`` / ``process_rows`` for the mode's data layout.
 
     Example:
-      >>> step = make_train_step()
+      >>> step = make_train_step(parallel="sharding")
+      >>> state = step.place_state(state)
       >>> state, metrics = step(state, {"image": x, "label": y})
     """
-    fn = functools.partial(train_step, loss_fn=loss_fn, params_fn=params_fn)
-    return jax.jit(fn, donate_argnums=(0,) if donate else ())
+    if step_fn is None:
+        step_fn = functools.partial(
+            train_step, loss_fn=loss_fn or cross_entropy, params_fn=params_fn
+        )
+    elif loss_fn is not None or params_fn is not None:
+        raise TypeError(
+            "loss_fn and params_fn configure the default train_step; with step_fn= bind "
+            "them into step_fn (functools.partial) instead"
+        )
+    return ParallelStep(
+        step_fn,
+        parallel=parallel,
+        mesh=mesh,
+        axis_name=axis_name,
+        donate=donate,
+        skip_nonfinite=skip_nonfinite,
+    )
 
 
 def make_eval_step(
