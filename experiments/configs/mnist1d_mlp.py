@@ -12,12 +12,13 @@ def get_config(variant: str = ""):
     c.model.name = "mlp"
     c.model.features = (100, 100)
     c.model.kernel_init = "he_normal"
+    c.model.dropout_rate = 0.3
     c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.weight_decay = 0.0
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.schedule = "cosine"
     c.batch_size = 100
-    c.num_epochs = 60
-    c.log_every_epochs = 10
+    c.num_epochs = 150
+    c.log_every_epochs = 25
     if variant == "quick":
         c.num_epochs = 3
     return c
