@@ -107,7 +107,8 @@ def _init(x, w, key, k, method):
         xs, ws = x[order], w[order]
         cdf = jnp.cumsum(ws)
         levels = (jnp.arange(k, dtype=jnp.float32) + 0.5) / k * cdf[-1]
-        idx = jnp.clip(jnp.searchsorted(cdf, levels, side="left"), 0, x.size - 1)
+        idx = jnp.searchsorted(cdf, levels, side="left", method="scan_unrolled")
+        idx = jnp.clip(idx, 0, x.size - 1)
         c = xs[idx]
     else:  # kmeans++
         keys = jax.random.split(key, k)
@@ -145,7 +146,9 @@ def assign(x: jax.Array, centroids: jax.Array) -> jax.Array:
       Array([0, 1, 1], dtype=int32)
     """
     mid = (centroids[:-1] + centroids[1:]) / 2
-    return jnp.searchsorted(mid, x, side="left").astype(jnp.int32)
+    if mid.shape[0] <= 64:  # counting midpoints below x: fast to compile and to run
+        return jnp.sum(mid[None, :] < x[:, None], axis=1, dtype=jnp.int32)
+    return jnp.searchsorted(mid, x, side="left", method="scan_unrolled").astype(jnp.int32)
 
 
 def kmeans(
@@ -211,9 +214,11 @@ def _kmeans(x, w, init, max_iter, tol):
         # scikit-learn does: the r-th empty cluster takes the r-th farthest point.
         empty = count <= 0
         rank = jnp.cumsum(empty) - 1
-        dist, far = jax.lax.top_k(jnp.where(valid, resid**2, -1.0), k)
-        take = empty & (dist[jnp.clip(rank, 0, k - 1)] >= 0)
-        p = far[jnp.clip(rank, 0, k - 1)]
+        n_far = min(k, x.shape[0])
+        dist, far = jax.lax.top_k(jnp.where(valid, resid**2, -1.0), n_far)
+        r = jnp.clip(rank, 0, n_far - 1)
+        take = empty & (rank < n_far) & (dist[r] >= 0)
+        p = far[r]
         src = jnp.where(take, labels[p], k)  # k = out of range, dropped by segment_sum
         delta = delta - jax.ops.segment_sum(jnp.where(take, w[p] * resid[p], 0.0), src, k)
         count = count - jax.ops.segment_sum(jnp.where(take, w[p], 0.0), src, k)
