@@ -8,6 +8,7 @@ with an identity straight-through gradient.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -22,9 +23,34 @@ from jaxopt_models.quantization.qtensor import QTensor
 def _prepare(x: Any, axis: Any, group_size: Any, group_axis: Any) -> tuple[jax.Array, Layout]:
     x = check_float_array(x, "x")
     check_finite(x, "x")
-    layout = make_layout(x.shape, axis, group_size, group_axis)
+    return x, make_layout(x.shape, axis, group_size, group_axis)
+
+
+def _grouped(x: jax.Array, layout: Layout) -> jax.Array:
     compute = jnp.result_type(x.dtype, jnp.float32)
-    return x.astype(compute).reshape(layout.grouped_shape), layout
+    return x.astype(compute).reshape(layout.grouped_shape)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _compute(x: jax.Array, layout: Layout, kind: str, threshold: float):
+    """(values in the storage shape, scale) for kind 'binary' / 'ternary'."""
+    xg = _grouped(x, layout)
+    if kind == "binary":
+        v, scale = _binary_parts(xg, layout)
+    else:
+        v, scale = _ternary_parts(xg, layout, threshold)
+    return v.astype(jnp.int8).reshape(layout.shape), scale
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _fake(x: jax.Array, layout: Layout, kind: str, threshold: float) -> jax.Array:
+    xg = _grouped(x, layout)
+    if kind == "binary":
+        v, scale = _binary_parts(jax.lax.stop_gradient(xg), layout)
+    else:
+        v, scale = _ternary_parts(jax.lax.stop_gradient(xg), layout, threshold)
+    out = _identity_ste(xg, v * scale)
+    return out.reshape(layout.shape).astype(x.dtype)
 
 
 def _binary_parts(xg: jax.Array, layout: Layout) -> tuple[jax.Array, jax.Array]:
@@ -79,18 +105,10 @@ def binarize(
       >>> q.values.tolist(), q.scale.tolist()
       ([[1, -1], [-1, 1]], [[1.0, 1.5]])
     """
-    x_in = jnp.asarray(x) if not isinstance(x, jax.Array) else x
-    xg, layout = _prepare(x, axis, group_size, group_axis)
-    b, scale = _binary_parts(xg, layout)
+    x, layout = _prepare(x, axis, group_size, group_axis)
+    values, scale = _compute(x, layout, "binary", 0.0)
     return QTensor(
-        b.astype(jnp.int8).reshape(layout.shape),
-        scale,
-        None,
-        1,
-        layout.axis,
-        layout.group_size,
-        layout.group_axis,
-        x_in.dtype,
+        values, scale, None, 1, layout.axis, layout.group_size, layout.group_axis, x.dtype
     )
 
 
@@ -122,18 +140,10 @@ def ternarize(
       ([0, -1, 1, 1], 1.0333)
     """
     threshold = _check_threshold(threshold)
-    x_in = jnp.asarray(x) if not isinstance(x, jax.Array) else x
-    xg, layout = _prepare(x, axis, group_size, group_axis)
-    t, scale = _ternary_parts(xg, layout, threshold)
+    x, layout = _prepare(x, axis, group_size, group_axis)
+    values, scale = _compute(x, layout, "ternary", threshold)
     return QTensor(
-        t.astype(jnp.int8).reshape(layout.shape),
-        scale,
-        None,
-        2,
-        layout.axis,
-        layout.group_size,
-        layout.group_axis,
-        x_in.dtype,
+        values, scale, None, 2, layout.axis, layout.group_size, layout.group_axis, x.dtype
     )
 
 
@@ -159,11 +169,8 @@ def fake_binarize(
       >>> fake_binarize(x).tolist(), jax.grad(lambda x: fake_binarize(x).sum())(x).tolist()
       ([1.0, -1.0], [1.0, 1.0])
     """
-    x_in = jnp.asarray(x) if not isinstance(x, jax.Array) else x
-    xg, layout = _prepare(x, axis, group_size, group_axis)
-    b, scale = _binary_parts(jax.lax.stop_gradient(xg), layout)
-    out = _identity_ste(xg, b * scale)
-    return out.reshape(layout.shape).astype(x_in.dtype)
+    x, layout = _prepare(x, axis, group_size, group_axis)
+    return _fake(x, layout, "binary", 0.0)
 
 
 def fake_ternarize(
@@ -181,8 +188,5 @@ def fake_ternarize(
       [0.0, -1.0333, 1.0333, 1.0333]
     """
     threshold = _check_threshold(threshold)
-    x_in = jnp.asarray(x) if not isinstance(x, jax.Array) else x
-    xg, layout = _prepare(x, axis, group_size, group_axis)
-    t, scale = _ternary_parts(jax.lax.stop_gradient(xg), layout, threshold)
-    out = _identity_ste(xg, t * scale)
-    return out.reshape(layout.shape).astype(x_in.dtype)
+    x, layout = _prepare(x, axis, group_size, group_axis)
+    return _fake(x, layout, "ternary", threshold)

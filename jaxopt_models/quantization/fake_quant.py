@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -12,7 +13,7 @@ from jaxopt_models.quantization.affine import (
     quantize_to_grid,
     representable_range,
 )
-from jaxopt_models.quantization.quantize import ClipRange, prepare
+from jaxopt_models.quantization.quantize import ClipRange, Settings, grid_parameters, validate
 
 
 @jax.custom_jvp
@@ -74,12 +75,17 @@ def fake_quant(
       >>> g.tolist()  # -2.0 is clipped
       [0.0, 1.0, 1.0]
     """
-    x_in = jnp.asarray(x) if not isinstance(x, jax.Array) else x
-    xg, layout, scale, zero_point = prepare(
+    x, clip, settings = validate(
         x, bits, symmetric, axis, group_size, group_axis, calibration, power_of_two, clip_range
     )
-    q = quantize_to_grid(jax.lax.stop_gradient(xg), scale, zero_point, bits)
+    return _fake_quant(x, clip, settings)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _fake_quant(x: jax.Array, clip: Any, settings: Settings) -> jax.Array:
+    xg, scale, zero_point = grid_parameters(x, clip, settings)
+    q = quantize_to_grid(jax.lax.stop_gradient(xg), scale, zero_point, settings.bits)
     x_hat = grid_to_float(q, scale, zero_point, xg.dtype)
-    lo, hi = representable_range(scale, zero_point, bits)
+    lo, hi = representable_range(scale, zero_point, settings.bits)
     out = straight_through(xg, x_hat, lo.astype(xg.dtype), hi.astype(xg.dtype))
-    return out.reshape(layout.shape).astype(x_in.dtype)
+    return out.reshape(settings.layout.shape).astype(x.dtype)

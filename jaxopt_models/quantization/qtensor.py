@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -147,7 +148,11 @@ def dequantize(q: QTensor) -> jax.Array:
             f"dequantize expects a QTensor, got {type(q).__name__}; quantize the array first "
             "(quantize(x, bits=...)), or unpack a PackedQTensor with unpack(...)."
         )
-    compute = jnp.result_type(q.scale.dtype, jnp.float32)
-    values = q.values.reshape(q.grouped_shape)
-    x = grid_to_float(values, q.scale, q.zero_point, compute)
-    return x.reshape(q.shape).astype(q.dtype)
+    return _dequantize(q.values, q.scale, q.zero_point, q.grouped_shape, q.dtype.name)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _dequantize(values, scale, zero_point, grouped_shape, dtype):
+    compute = jnp.result_type(scale.dtype, jnp.float32)
+    x = grid_to_float(values.reshape(grouped_shape), scale, zero_point, compute)
+    return x.reshape(values.shape).astype(dtype)

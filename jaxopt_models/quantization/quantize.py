@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,17 @@ def _check_clip_range(clip_range: Any, layout: Layout, dtype) -> tuple[jax.Array
     return jnp.broadcast_to(lo, shape), jnp.broadcast_to(hi, shape)
 
 
-def prepare(
+class Settings(NamedTuple):
+    """The static (hashable) part of a quantize / fake_quant call."""
+
+    layout: Layout
+    bits: int
+    symmetric: bool
+    method: Any
+    power_of_two: bool
+
+
+def validate(
     x: Any,
     bits: Any,
     symmetric: Any,
@@ -55,35 +66,53 @@ def prepare(
     calibration: Any,
     power_of_two: Any,
     clip_range: Any,
-) -> tuple[jax.Array, Layout, jax.Array, jax.Array | None]:
-    """Shared front end of quantize / fake_quant: validation, layout, range, scale, zero point.
-
-    Returns:
-      ``(xg, layout, scale, zero_point)`` with ``xg`` = ``x`` in the grouped shape, in a
-      float32-or-wider compute dtype; scale and zero point carry no gradient.
-    """
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None, Settings]:
+    """Eager checks shared by quantize / fake_quant; returns ``(x, clip, settings)``."""
     bits = check_bits(bits)
     symmetric = check_bool(symmetric, "symmetric")
     power_of_two = check_bool(power_of_two, "power_of_two")
     x = check_float_array(x, "x")
     check_finite(x, "x")
     layout = make_layout(x.shape, axis, group_size, group_axis)
+    method = get_calibration(calibration) if clip_range is None else None
+    compute = jnp.result_type(x.dtype, jnp.float32)
+    clip = None if clip_range is None else _check_clip_range(clip_range, layout, compute)
+    return x, clip, Settings(layout, bits, symmetric, method, power_of_two)
+
+
+def grid_parameters(
+    x: jax.Array, clip: tuple[jax.Array, jax.Array] | None, settings: Settings
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Traceable core: ``(xg, scale, zero_point)``, ``xg`` = ``x`` in the grouped shape.
+
+    ``xg`` is in a float32-or-wider compute dtype; scale and zero point carry no gradient.
+    """
+    layout = settings.layout
     compute = jnp.result_type(x.dtype, jnp.float32)
     xg = x.astype(compute).reshape(layout.grouped_shape)
-    if clip_range is None:
-        method = get_calibration(calibration)
-        lo, hi = method(
+    if clip is None:
+        lo, hi = settings.method(
             jax.lax.stop_gradient(xg),
             reduce_axes=layout.reduce_axes,
-            bits=bits,
-            symmetric=symmetric,
-            power_of_two=power_of_two,
+            bits=settings.bits,
+            symmetric=settings.symmetric,
+            power_of_two=settings.power_of_two,
         )
     else:
-        lo, hi = _check_clip_range(clip_range, layout, compute)
+        lo, hi = clip
     lo, hi = jax.lax.stop_gradient(lo), jax.lax.stop_gradient(hi)
-    scale, zero_point = scale_and_zero_point(lo, hi, bits, symmetric, power_of_two)
-    return xg, layout, scale, zero_point
+    scale, zero_point = scale_and_zero_point(
+        lo, hi, settings.bits, settings.symmetric, settings.power_of_two
+    )
+    return xg, scale, zero_point
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _quantize(x, clip, settings: Settings):
+    xg, scale, zero_point = grid_parameters(x, clip, settings)
+    values = quantize_to_grid(xg, scale, zero_point, settings.bits)
+    values = values.astype(storage_dtype(settings.bits)).reshape(settings.layout.shape)
+    return values, scale, zero_point
 
 
 def quantize(
@@ -137,18 +166,18 @@ def quantize(
       >>> q.values.dtype, q.scale.shape
       (dtype('int8'), (7, 1, 300))
     """
-    x_in = x
-    xg, layout, scale, zero_point = prepare(
+    x, clip, settings = validate(
         x, bits, symmetric, axis, group_size, group_axis, calibration, power_of_two, clip_range
     )
-    values = quantize_to_grid(xg, scale, zero_point, bits).astype(storage_dtype(bits))
+    values, scale, zero_point = _quantize(x, clip, settings)
+    layout = settings.layout
     return QTensor(
-        values.reshape(layout.shape),
+        values,
         scale,
         zero_point,
-        bits,
+        settings.bits,
         layout.axis,
         layout.group_size,
         layout.group_axis,
-        jnp.asarray(x_in).dtype,
+        x.dtype,
     )
