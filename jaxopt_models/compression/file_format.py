@@ -334,6 +334,10 @@ class _Quant(NamedTuple):
 
 
 def _as_quant(q: Any, name: str) -> _Quant:
+    if hasattr(q, "packed") and not hasattr(q, "values"):  # a bit-packed QTensor
+        from jaxopt_models.quantization import unpack
+
+        q = unpack(q)
     for attr in ("values", "scale", "zero_point"):
         if not hasattr(q, attr):
             raise TypeError(
@@ -343,11 +347,17 @@ def _as_quant(q: Any, name: str) -> _Quant:
     values = np.asarray(q.values)
     if not np.issubdtype(values.dtype, np.integer):
         raise TypeError(f"quantized values for {name!r} must be integers, got {values.dtype}")
+    grouped = getattr(q, "grouped_shape", None)  # per-group scales broadcast in this shape
+    if grouped is not None:
+        values = values.reshape(grouped)
     scale = np.asarray(q.scale, np.float32)
-    zp = np.asarray(q.zero_point)
-    if zp.size and not np.all(zp == np.round(zp)):
-        raise ValueError(f"zero_point for {name!r} must hold integers")
-    zp = zp.astype(np.int64)
+    if q.zero_point is None:  # symmetric grid
+        zp = np.zeros((1,) * values.ndim, np.int64)
+    else:
+        zp = np.asarray(q.zero_point)
+        if zp.size and not np.all(zp == np.round(zp)):
+            raise ValueError(f"zero_point for {name!r} must hold integers")
+        zp = zp.astype(np.int64)
     axis = getattr(q, "axis", None)
     for label, arr in (("scale", scale), ("zero_point", zp)):
         if arr.ndim == 1 and values.ndim > 1 and arr.size > 1 and isinstance(axis, int):
@@ -566,7 +576,7 @@ def _build_tree(items: list[tuple[tuple, Any]]) -> PyTree:
 
 
 def _is_quant(x: Any) -> bool:
-    return x is not None and hasattr(x, "values") and hasattr(x, "scale")
+    return hasattr(x, "scale") and (hasattr(x, "values") or hasattr(x, "packed"))
 
 
 class _Leaf(NamedTuple):
@@ -593,6 +603,8 @@ def _leaf_records(params, masks, shared, quantized, check: bool) -> list[_Leaf]:
         if not np.issubdtype(value.dtype, np.floating):
             raise TypeError(f"params leaf {name!r} must be floating point, got {value.dtype}")
         value = value.astype(np.float32)
+        if _is_quant(q) and is_shared(s):
+            raise ValueError(f"{name!r} is both quantized and weight-shared; give one record")
         if _is_quant(q):
             qt = _as_quant(q, name)
             if qt.values.size != value.size:
@@ -764,10 +776,12 @@ def save_compressed(
       masks: optional boolean masks like ``params`` (``None`` leaves allowed); masked-out
         weights must be zero (checked).
       shared: optional tree from ``cluster_weights`` (``SharedTensor`` at shared leaves).
-      quantized: optional tree like ``params`` with a QTensor (anything with integer
-        ``values``, float ``scale`` and integer ``zero_point`` broadcastable to the values,
-        or 1-D along ``axis``) at quantized leaves, ``None`` elsewhere. Loaded as
-        ``(values - zero_point) * scale`` in float32.
+      quantized: optional tree like ``params`` with a ``QTensor`` or ``PackedQTensor``
+        (from ``jaxopt_models.quantization``) at quantized leaves, e.g. the output of
+        ``quantize_params``; other leaves are ignored. Anything with integer ``values``,
+        float ``scale`` and integer ``zero_point`` (or ``None``) broadcastable to the
+        values works too. Loaded as ``(values - zero_point) * scale`` in float32, as
+        ``quantization.dequantize`` computes it.
       huffman: allow Huffman coding of the index / code / integer streams.
       check: verify that every shared / quantized record reproduces its params leaf
         bitwise, so the loaded model predicts exactly what the saved one did.
