@@ -8,6 +8,7 @@ whose values are a flat little-endian bit stream in ``uint8``: 4-, 2- and 1-bit 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -42,7 +43,11 @@ def pack_bits(codes: jax.Array, bits: int) -> jax.Array:
       >>> pack_bits(jnp.array([1, 2, 3, 0]), 2).tolist()  # 0b00_11_10_01
       [57]
     """
-    bits = check_bits(bits)
+    return _pack_bits(jnp.asarray(codes), check_bits(bits))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _pack_bits(codes: jax.Array, bits: int) -> jax.Array:
     flat = jnp.ravel(codes).astype(jnp.uint32)
     n = flat.size
     if bits == 8:
@@ -73,6 +78,11 @@ def unpack_bits(packed: jax.Array, bits: int, count: int) -> jax.Array:
             f"packed holds {packed.size} bytes but {count} codes of {bits} bits need "
             f"{packed_num_bytes(count, bits)}."
         )
+    return _unpack_bits(jnp.asarray(packed), bits, count)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _unpack_bits(packed: jax.Array, bits: int, count: int) -> jax.Array:
     p = packed.astype(jnp.uint32)
     if bits == 8:
         return p[:count]
