@@ -155,8 +155,8 @@ def capture_features(
       **apply_kwargs: passed to ``apply_fn`` (e.g. ``train=False``, ``rngs=``).
 
     Returns:
-      ``(output, features, updates)``: the module's output, ``{layer: array}`` in the order
-      of ``layers``, and the updated ``mutable`` collections (``{}`` when none).
+      ``(output, features, updates)``: the module's output, ``{layer: array}`` for every
+      name in ``layers``, and the updated ``mutable`` collections (``{}`` when none).
 
     Raises:
       ValueError: ``layers`` is empty or names a layer that produced no output; the message
