@@ -31,7 +31,11 @@ class _MLP(nn.Module):
 
 
 def _params(seed=0):
-    return _MLP().init(jax.random.key(seed), jnp.zeros((1, SIZES[0])))["params"]
+    shapes = jax.eval_shape(_MLP().init, jax.random.key(seed), jnp.zeros((1, SIZES[0])))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.2, jnp.float32), shapes["params"]
+    )
 
 
 def _masks(params, sparsity=0.9):
