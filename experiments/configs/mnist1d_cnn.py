@@ -1,6 +1,11 @@
-r"""The MNIST-1D baseline CNN (three stride-2 convs of 25 channels).
+r"""CNN on MNIST-1D: conv-BN-ReLU blocks (32, 32 | 64, 64), max pooling, global average pool.
 
-python -m experiments.train --config experiments/configs/mnist1d_cnn.py --workdir runs/m1d_cnn
+  python -m experiments.train --config experiments/configs/mnist1d_cnn.py --workdir runs/m1d_cnn
+
+The package's own baseline CNN (three stride-2 convs of 25 channels, model name
+``mnist1d_cnn``) is available with ``--config.model.name=mnist1d_cnn``; it reached 92.5% here
+(see experiments/RESULTS.md), short of the published 94%, so the default is this deeper
+translation-tolerant net.
 """
 
 from jaxopt_models.training import default_config
@@ -9,14 +14,17 @@ from jaxopt_models.training import default_config
 def get_config(variant: str = ""):
     c = default_config()
     c.dataset.name = "mnist1d"
-    c.model.name = "mnist1d_cnn"
+    c.model.name = "deep_cnn"
+    c.model.stages = ((32, 32), (64, 64))
+    c.model.hidden = ()
+    c.model.spatial_dims = 1
     c.model.kernel_init = "he_normal"
     c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-2
+    c.optimizer.learning_rate = 3e-3
     c.optimizer.schedule = "cosine"
     c.batch_size = 100
-    c.num_epochs = 150
-    c.log_every_epochs = 25
+    c.num_epochs = 100
+    c.log_every_epochs = 20
     if variant == "quick":
         c.num_epochs = 3
     return c
