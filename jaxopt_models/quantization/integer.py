@@ -17,6 +17,7 @@ convolution widens to int32 and is much slower there).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,6 +120,14 @@ def int8_dense(
         zw = zw.reshape(-1)
     if sw.size not in (1, n):
         raise ValueError(f"w_scale must have 1 or {n} entries, got shape {sw.shape}.")
+    bias = None if bias is None else jnp.asarray(bias)
+    return _dense(xv, wv, sx, zx, sw, zw, bias, jnp.dtype(out_dtype).name)
+
+
+@functools.partial(jax.jit, static_argnums=7)
+def _dense(xv, wv, sx, zx, sw, zw, bias, out_dtype):
+    """Traceable core of int8_dense."""
+    k = wv.shape[0]
     acc = lax.dot_general(
         xv, wv, (((xv.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32
     )
@@ -245,8 +254,26 @@ def int8_conv(
         pads = [tuple(int(v) for v in p) for p in padding]
         if len(pads) != nsp:
             raise ValueError(f"padding needs {nsp} (low, high) pairs, got {padding!r}.")
-    zx_scalar = None if zx is None else jnp.reshape(zx, ())
-    pad_value = 0 if zx_scalar is None else zx_scalar.astype(xv.dtype)
+    zx = None if zx is None else jnp.reshape(zx, ())
+    bias = None if bias is None else jnp.asarray(bias)
+    config = (
+        tuple(strides),
+        tuple(tuple(p) for p in pads),
+        tuple(rhs_dilation),
+        method,
+        jnp.dtype(out_dtype).name,
+    )
+    return _conv(xv, wv, sx, zx, sw, bias, config)
+
+
+@functools.partial(jax.jit, static_argnums=6)
+def _conv(xv, wv, sx, zx, sw, bias, config):
+    """Traceable core of int8_conv (``config`` holds the static settings)."""
+    strides, pads, rhs_dilation, method, out_dtype = config
+    nsp = wv.ndim - 2
+    o = wv.shape[-1]
+    kernel_spatial = wv.shape[:nsp]
+    pad_value = 0 if zx is None else zx.astype(xv.dtype)
     if method == "im2col":
         patches = _im2col(xv, kernel_spatial, strides, pads, rhs_dilation, pad_value)
         wmat = wv.reshape(-1, o)
@@ -267,9 +294,9 @@ def int8_conv(
             dimension_numbers=_CHANNELS_LAST[nsp],
             preferred_element_type=jnp.int32,
         )
-    if zx_scalar is not None:
+    if zx is not None:
         wsum = jnp.sum(_as_i32(wv).reshape(-1, o), axis=0)  # (O,)
-        acc = acc - _as_i32(zx_scalar) * wsum
+        acc = acc - _as_i32(zx) * wsum
     compute = jnp.result_type(sx.dtype, sw.dtype, jnp.float32)
     y = acc.astype(compute) * (sx.reshape(()).astype(compute) * sw.astype(compute))
     if bias is not None:
