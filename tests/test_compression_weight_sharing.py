@@ -1,5 +1,7 @@
 """Tests for jaxopt_models.compression.weight_sharing (k-means weight sharing)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,6 +119,15 @@ def test_per_layer_bits_and_n_clusters():
     assert shared["Dense_1"]["kernel"].codebook.shape == (4,)
     shared = cluster_weights(params, bits=3, filter_fn=lambda name, w: name.startswith("Dense_1"))
     assert is_shared(shared["Dense_1"]["bias"]) and not is_shared(shared["Dense_0"]["kernel"])
+
+
+def test_cluster_weights_is_jittable():
+    w = _params()["Dense_1"]["kernel"]
+    params, masks = {"w": w, "b": jnp.ones(3)}, {"w": jnp.abs(w) > 0.3, "b": None}
+    jitted = jax.jit(functools.partial(cluster_weights, bits=3))(params, masks=masks)
+    eager = cluster_weights(params, bits=3, masks=masks)
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_kmeanspp_init_is_deterministic_per_key():

@@ -23,9 +23,10 @@ Layout (all integers are unsigned LEB128 varints unless noted)::
 
 Sparse layouts store only the positions that differ from a default (0.0 for floats,
 the most frequent code, the zero point) as relative indices: each gap is the number of
-default positions skipped. As in Deep Compression, a gap larger than the chosen
-maximum ``2**b - 1`` is split by filler entries holding the default value; ``b`` and the
-element order are chosen per record to minimise the size.
+default positions skipped. As in Deep Compression, a gap larger than the chosen maximum
+``2**b - 1`` is split by filler entries holding the default value; ``b`` and the element
+order are chosen per record to minimise the size. A float ``-0.0`` counts as zero and
+loads as ``+0.0`` (an equal value: products and sums, hence predictions, are unchanged).
 
 A stream holds ``n`` non-negative integers (``n`` known from the context): a mode byte,
 then either ``mode = w <= 32``: ``n`` values packed in ``w`` bits, or ``mode = 128``:
@@ -772,7 +773,7 @@ def save_compressed(
         moved into place with ``os.replace``.
       params: params pytree of float arrays (nested dicts / lists / tuples). These are
         the weights the compressed model predicts with; loading returns them bitwise
-        (as float32).
+        (as float32; ``-0.0`` loads as ``+0.0``).
       masks: optional boolean masks like ``params`` (``None`` leaves allowed); masked-out
         weights must be zero (checked).
       shared: optional tree from ``cluster_weights`` (``SharedTensor`` at shared leaves).
