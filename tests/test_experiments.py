@@ -110,3 +110,25 @@ def test_cli_rejects_unknown_optimizer(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "optimizer.name='lion9'" in out.stderr and "allowed values" in out.stderr
+
+
+def test_crossval_cli(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.crossval",
+        "--config",
+        "experiments/configs/digits_mlp.py",
+        "--workdir",
+        str(tmp_path),
+        "--k",
+        "2",
+        "--config.num_epochs=2",
+        "--config.progress=False",
+        "--config.dataset.num_train=400",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cv = json.loads((tmp_path / "cv.json").read_text())
+    assert cv["k"] == 2 and len(cv["folds"]) == 2
+    assert "accuracy" in out.stdout and "±" in out.stdout
