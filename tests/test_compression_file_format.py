@@ -293,3 +293,19 @@ def test_lenet300_100_size_far_below_float32():
     assert float_bytes / len(data) > 32
     assert len(data) < 0.9 * plain
     _bitwise_equal(decode_compressed(data), dense)
+
+
+def test_unused_codes_and_tiny_shared_tensors_cost_no_extra_bytes():
+    rng = np.random.default_rng(3)
+    codebook = rng.standard_normal(256).astype(np.float32)
+    idx = rng.choice([3, 77, 200], size=(20, 30))
+    record = ff._shared_record(codebook, idx, huffman=True)
+    assert len(record) < 40 + 600 * 2 // 8  # 3 codebook entries, ~1.6 bits per code
+    np.testing.assert_array_equal(_roundtrip_record(record), codebook[idx])
+    # An 8-bit codebook for a 10-element bias: stored as plain float32, still bitwise.
+    params = {"b": rng.standard_normal(10).astype(np.float32)}
+    shared = cluster_weights(params, bits=8, filter_fn=lambda name, w: True)
+    dense = shared_params(shared)
+    data = encode_compressed(dense, shared=shared)
+    assert len(data) == len(encode_compressed(dense))
+    _bitwise_equal(decode_compressed(data), dense)

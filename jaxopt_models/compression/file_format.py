@@ -14,8 +14,9 @@ Layout (all integers are unsigned LEB128 varints unless noted)::
 
 - float (type 0), dense: ``numel`` float32 (little-endian).
   Sparse: entry count | gap stream | entry count float32 values.
-- weight-shared (type 1): code count | codebook float32. Dense: code stream of all
-  weights. Sparse: default code | entry count | gap stream | code stream of the entries.
+- weight-shared (type 1): code count | codebook float32 (only the codes in use). Dense:
+  code stream of all weights. Sparse: default code | entry count | gap stream | code
+  stream of the entries.
 - quantized (type 2): values shape | scale (shape, float32) | zero point (shape,
   zigzag varints) | minimum value (zigzag) | dense: stream of ``values - min``; sparse:
   entry count | gap stream | stream of the entries' ``values - min``; elsewhere the
@@ -300,6 +301,9 @@ def _shared_record(
         raise ValueError(
             f"indices must lie in [0, {codebook.size}), got [{indices.min()}, {indices.max()}]"
         )
+    # Keep only the codes in use (empty clusters cost 4 bytes each otherwise).
+    used, inverse = np.unique(indices, return_inverse=True)
+    codebook, indices = codebook[used], inverse.reshape(indices.shape)
     dense_cost = _stream_cost(indices.reshape(-1), huffman)[0]
     best = None
     default = 0
@@ -580,6 +584,12 @@ def _is_quant(x: Any) -> bool:
     return hasattr(x, "scale") and (hasattr(x, "values") or hasattr(x, "packed"))
 
 
+def _smallest(record: bytes, value: np.ndarray, huffman: bool) -> bytes:
+    """``record``, or a float record of the same values when that is smaller (tiny tensors)."""
+    plain = _float_record(value, huffman=huffman)
+    return plain if len(plain) < len(record) else record
+
+
 class _Leaf(NamedTuple):
     path: tuple
     name: str
@@ -614,8 +624,8 @@ def _leaf_records(params, masks, shared, quantized, check: bool) -> list[_Leaf]:
                     f"the params leaf has {value.size}"
                 )
             stored = dequantize_record(qt).reshape(value.shape)
-            build = lambda huffman, sparse, qt=qt, shape=value.shape: _quantized_record(
-                qt, shape, huffman=huffman, sparse=sparse
+            build = lambda huffman, sparse, qt=qt, shape=value.shape, v=stored: _smallest(
+                _quantized_record(qt, shape, huffman=huffman, sparse=sparse), v, huffman
             )
             what = "the dequantized values (values - zero_point) * scale"
             kind = QUANTIZED
@@ -627,8 +637,8 @@ def _leaf_records(params, masks, shared, quantized, check: bool) -> list[_Leaf]:
                     f"the params leaf has {value.shape}"
                 )
             stored = codebook[indices.astype(np.int64)]
-            build = lambda huffman, sparse, c=codebook, i=indices: _shared_record(
-                c, i, huffman=huffman, sparse=sparse
+            build = lambda huffman, sparse, c=codebook, i=indices, v=stored: _smallest(
+                _shared_record(c, i, huffman=huffman, sparse=sparse), v, huffman
             )
             what = "shared_params(shared)"
             kind = SHARED
@@ -763,10 +773,11 @@ def save_compressed(
 
     Every leaf becomes one record: a quantized record if ``quantized`` has a QTensor
     there, a weight-shared record if ``shared`` has a ``SharedTensor`` there, else a
-    float32 record. Each record picks its smallest layout: dense, or sparse with
-    relative indices (filler entries for long gaps, the element order and the maximum
-    gap chosen to minimise the size), with every integer stream bit-packed at its
-    minimal width or Huffman-coded, whichever is smaller.
+    float32 record (also used for a quantized / shared leaf whenever it is smaller, e.g.
+    a 10-element bias with a 256-entry codebook). Each record picks its smallest
+    layout: dense, or sparse with relative indices (filler entries for long gaps, the
+    element order and the maximum gap chosen to minimise the size), with every integer
+    stream bit-packed at its minimal width or Huffman-coded, whichever is smaller.
 
     Args:
       path: destination file; written to a temporary file in the same directory and
