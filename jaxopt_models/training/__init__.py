@@ -1,6 +1,16 @@
 """Training: state, optimizers, compiled steps and the experiment loop."""
 
 from jaxopt_models.training.config import default_config as default_config
+from jaxopt_models.training.distill import Teacher as Teacher
+from jaxopt_models.training.distill import compute_teacher_logits as compute_teacher_logits
+from jaxopt_models.training.distill import default_distill_config as default_distill_config
+from jaxopt_models.training.distill import distill_train_step as distill_train_step
+from jaxopt_models.training.distill import make_distill_loss as make_distill_loss
+from jaxopt_models.training.distill import make_distill_train_step as make_distill_train_step
+from jaxopt_models.training.distill import (
+    make_precomputed_distill_train_step as make_precomputed_distill_train_step,
+)
+from jaxopt_models.training.distill import train_and_distill as train_and_distill
 from jaxopt_models.training.io import append_jsonl as append_jsonl
 from jaxopt_models.training.io import atomic_write_bytes as atomic_write_bytes
 from jaxopt_models.training.io import atomic_write_json as atomic_write_json
