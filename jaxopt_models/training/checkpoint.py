@@ -100,6 +100,7 @@ class Checkpointer:
                 save_interval_steps=every_steps,
                 enable_async_checkpointing=False,
                 create=True,
+                cleanup_tmp_directories=True,  # leftovers of interrupted writes
             ),
             item_names=("state", "meta"),
         )
