@@ -74,7 +74,7 @@ def test_dense_per_row_activation_scales_and_low_bits():
 PADDINGS = ["SAME", "VALID", ((1, 2), (0, 1))]
 
 
-@pytest.mark.parametrize("method", ["im2col", "conv"])
+@pytest.mark.parametrize("method", ["block", "im2col", "conv"])
 def test_conv_accumulation_is_exact_int32(method):
     k1, k2 = jax.random.split(jax.random.key(3))
     x = rand_int8(k1, (2, 7, 6, 5))
@@ -86,16 +86,21 @@ def test_conv_accumulation_is_exact_int32(method):
     np.testing.assert_array_equal(np.asarray(y), ref.astype(np.float32))
 
 
-@pytest.mark.parametrize("method", ["im2col", "conv"])
+GEOMETRIES = [
+    ("SAME", (1, 1), (1, 1)),
+    ("VALID", (2, 2), (1, 1)),
+    (((1, 2), (0, 1)), (1, 2), (2, 1)),
+]
+CONV_CASES = [
+    (m, *g)
+    for m in ("block", "im2col", "conv")
+    for g in GEOMETRIES
+    if m != "block" or g == GEOMETRIES[0]
+]
+
+
 @pytest.mark.parametrize("x_sym", [True, False])
-@pytest.mark.parametrize(
-    "padding,strides,dilation",
-    [
-        ("SAME", (1, 1), (1, 1)),
-        ("VALID", (2, 2), (1, 1)),
-        (((1, 2), (0, 1)), (1, 2), (2, 1)),
-    ],
-)
+@pytest.mark.parametrize("method,padding,strides,dilation", CONV_CASES)
 def test_conv_matches_dequantized_float_reference(method, x_sym, padding, strides, dilation):
     k = jax.random.split(jax.random.key(4), 3)
     x = jax.random.uniform(k[0], (3, 9, 8, 4)) - 0.3
@@ -118,6 +123,51 @@ def test_conv_matches_dequantized_float_reference(method, x_sym, padding, stride
     ) + np.asarray(b, np.float64)
     assert y.shape == ref.shape
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+
+
+def np_max_pool(y, p):
+    b, h, w, c = y.shape
+    y = y[:, : h // p * p, : w // p * p]
+    return y.reshape(b, h // p, p, w // p, p, c).max(axis=(2, 4))
+
+
+@pytest.mark.parametrize("method", ["auto", "block", "im2col", "conv"])
+@pytest.mark.parametrize("window,padding", [(2, "SAME"), (3, "VALID"), (2, ((0, 1), (2, 0)))])
+def test_conv_with_fused_max_pool(method, window, padding):
+    k = jax.random.split(jax.random.key(6), 3)
+    x = jax.random.uniform(k[0], (2, 11, 10, 3)) - 0.4
+    w = jax.random.normal(k[1], (3, 3, 3, 5))
+    b = jax.random.normal(k[2], (5,))
+    xq = quantize(x, 8, symmetric=False)
+    wq = quantize(w, 8, axis=-1)
+    y = int8_conv(xq, wq, b, padding=padding, pool_window=window, method=method)
+    pads = (
+        jax.lax.padtype_to_pads((11, 10), (3, 3), (1, 1), padding)
+        if isinstance(padding, str)
+        else padding
+    )
+    full = np_conv_nhwc(
+        np.asarray(dequantize(xq), np.float64),
+        np.asarray(dequantize(wq), np.float64),
+        (1, 1),
+        pads,
+        (1, 1),
+    ) + np.asarray(b, np.float64)
+    ref = np_max_pool(full, window)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nsp", [1, 3])
+def test_block_method_other_ranks_matches_im2col(nsp):
+    k = jax.random.split(jax.random.key(8), 2)
+    shape = (2,) + (7,) * nsp + (2,)
+    xq = quantize(jax.random.normal(k[0], shape), 8, symmetric=False)
+    wq = quantize(jax.random.normal(k[1], (3,) * nsp + (2, 4)), 8, axis=-1)
+    for pool_window in (None, 2):
+        a = int8_conv(xq, wq, padding="SAME", method="block", pool_window=pool_window)
+        b = int8_conv(xq, wq, padding="SAME", method="im2col", pool_window=pool_window)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_conv_1d_and_jit():
@@ -157,3 +207,7 @@ def test_errors():
         int8_conv(xc, quantize(jnp.ones((3, 3, 3, 4)), 8))
     with pytest.raises(ValueError, match="method"):
         int8_conv(xc, quantize(jnp.ones((3, 3, 2, 4)), 8), method="winograd")
+    with pytest.raises(ValueError, match="block"):
+        int8_conv(xc, quantize(jnp.ones((3, 3, 2, 4)), 8), strides=(2, 2), method="block")
+    with pytest.raises(ValueError, match="pool_window"):
+        int8_conv(xc, quantize(jnp.ones((3, 3, 2, 4)), 8), pool_window=0)

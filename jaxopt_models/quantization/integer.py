@@ -9,10 +9,15 @@ integer sums), subtract the zero-point terms in int32, then apply the combined s
 
 which equals the float layer applied to ``dequantize(x)`` and ``dequantize(w)`` up to one
 float rounding of the output. Weights may be per-tensor or per-output-channel; activations
-per-tensor (or, for Dense, per-row). ``int8_conv`` offers two formulations: XLA's integer
-convolution, and ``"im2col"``: the patches are gathered with static slices and multiplied
-with an int8 x int8 -> int32 matmul, which XLA:CPU runs on its fast integer GEMM (its integer
-convolution widens to int32 and is much slower there).
+per-tensor (or, for Dense, per-row).
+
+``int8_conv`` can fuse a following max pooling into the integer domain (scales are positive,
+so pooling commutes with the rescale) and offers several exact formulations. On XLA:CPU
+(YNNPACK) an int8 x int8 -> int32 GEMM is fast but the integer convolution is widened to int32
+and slow, so the default gathers patches with static slices and runs one GEMM; for thin
+convolutions (few channels, e.g. LeNet-5) the ``"block"`` form computes a whole output tile
+(the pooling window) per GEMM row, which widens the GEMM and turns the pooling into a max
+over the tile.
 """
 
 from __future__ import annotations
@@ -148,22 +153,20 @@ def _dense(xv, wv, sx, zx, sw, zw, bias, out_dtype):
 
 def _im2col(
     x: jax.Array,
-    kernel_spatial: Sequence[int],
+    window: Sequence[int],
     strides: Sequence[int],
-    pads: Sequence[tuple[int, int]],
     rhs_dilation: Sequence[int],
-    pad_value: Any,
 ) -> jax.Array:
-    """Channels-last patches ``(B, *out_spatial, prod(kernel) * C)``, offset-major order."""
-    nsp = len(kernel_spatial)
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
+    """Channels-last patches ``(B, *out_spatial, prod(window) * C)`` of an already padded
+    ``x``, gathered with static strided slices (offset-major, channel-minor order)."""
+    nsp = len(window)
     in_sp = x.shape[1 : 1 + nsp]
     out_sp = [
         (i - (kk - 1) * d - 1) // s + 1
-        for i, kk, s, d in zip(in_sp, kernel_spatial, strides, rhs_dilation, strict=True)
+        for i, kk, s, d in zip(in_sp, window, strides, rhs_dilation, strict=True)
     ]
     cols = []
-    for offset in np.ndindex(*kernel_spatial):
+    for offset in np.ndindex(*window):
         start = [0] + [o * d for o, d in zip(offset, rhs_dilation, strict=True)] + [0]
         limit = (
             [x.shape[0]]
@@ -174,11 +177,73 @@ def _im2col(
     return jnp.concatenate(cols, axis=-1)
 
 
+def _block_kernel(w: jax.Array, block: int) -> jax.Array:
+    """``(*k, C, O)`` -> ``(prod(k + block - 1) * C, block**nsp * O)``: one GEMM column block
+    per output pixel of a ``block``-sized output tile (zeros where the kernel does not reach)."""
+    nsp = w.ndim - 2
+    k, c, o = w.shape[:nsp], w.shape[-2], w.shape[-1]
+    big = tuple(kk + block - 1 for kk in k)
+    out = jnp.zeros(big + (c,) + (block,) * nsp + (o,), w.dtype)
+    for off in np.ndindex(*(block,) * nsp):
+        index = tuple(slice(a, a + kk) for a, kk in zip(off, k, strict=True))
+        out = out.at[index + (slice(None),) + off + (slice(None),)].set(w)
+    return out.reshape(int(np.prod(big)) * c, block**nsp * o)
+
+
+def _max_pool(acc: jax.Array, window: int) -> jax.Array:
+    """Non-overlapping max pooling over the spatial axes (floor: partial windows dropped)."""
+    nsp = acc.ndim - 2
+    n = [d // window for d in acc.shape[1:-1]]
+    acc = acc[(slice(None),) + tuple(slice(0, m * window) for m in n)]
+    shape = [acc.shape[0]]
+    for m in n:
+        shape += [m, window]
+    acc = acc.reshape(shape + [acc.shape[-1]])
+    return acc.max(axis=tuple(2 + 2 * i for i in range(nsp)))
+
+
+def _block_conv(xp: jax.Array, wv: jax.Array, block: int, pool: bool, pad_value) -> jax.Array:
+    """Stride-1 convolution of padded ``xp`` computed ``block``-pixel tile by tile.
+
+    Each GEMM row is one ``block**nsp`` output tile, so thin convolutions (few channels) become
+    one wider GEMM; with ``pool`` the tile's max is taken (fused max pooling, floor).
+    """
+    nsp = wv.ndim - 2
+    k, o = wv.shape[:nsp], wv.shape[-1]
+    out_sp = [i - kk + 1 for i, kk in zip(xp.shape[1 : 1 + nsp], k, strict=True)]
+    if pool:
+        tiles = [d // block for d in out_sp]
+    else:
+        tiles = [-(-d // block) for d in out_sp]
+        extra = [t * block - d for t, d in zip(tiles, out_sp, strict=True)]
+        xp = jnp.pad(xp, ((0, 0), *[(0, e) for e in extra], (0, 0)), constant_values=pad_value)
+    window = [kk + block - 1 for kk in k]
+    patches = _im2col(xp, window, (block,) * nsp, (1,) * nsp)
+    patches = patches[(slice(None),) + tuple(slice(0, t) for t in tiles)]
+    acc = lax.dot_general(
+        patches,
+        _block_kernel(wv, block),
+        (((patches.ndim - 1,), (0,)), ((), ())),
+        preferred_element_type=jnp.int32,
+    )
+    acc = acc.reshape(acc.shape[:-1] + (block**nsp, o))
+    if pool:
+        return acc.max(axis=-2)
+    acc = acc.reshape(acc.shape[: 1 + nsp] + (block,) * nsp + (o,))
+    perm = [0] + [a for i in range(nsp) for a in (1 + i, 1 + nsp + i)] + [1 + 2 * nsp]
+    acc = acc.transpose(perm).reshape((acc.shape[0], *[t * block for t in tiles], o))
+    return acc[(slice(None),) + tuple(slice(0, d) for d in out_sp)]
+
+
 _CHANNELS_LAST = {
     1: ("NWC", "WIO", "NWC"),
     2: ("NHWC", "HWIO", "NHWC"),
     3: ("NDHWC", "DHWIO", "NDHWC"),
 }
+METHODS = ("auto", "block", "im2col", "conv")
+BLOCK_MAX_CHANNELS = 64
+"""``method="auto"`` uses the tiled ``"block"`` GEMM for stride-1 convolutions with at most
+this many output channels (thin GEMMs), ``"im2col"`` otherwise."""
 
 
 def int8_conv(
@@ -189,13 +254,19 @@ def int8_conv(
     strides: Sequence[int] | None = None,
     padding: Padding = "SAME",
     rhs_dilation: Sequence[int] | None = None,
+    pool_window: int | None = None,
     x_scale: Any = None,
     x_zero_point: Any = None,
     w_scale: Any = None,
-    method: str = "im2col",
+    method: str = "auto",
     out_dtype: Any = jnp.float32,
 ) -> jax.Array:
     """Integer convolution (channels-last) in int8 x int8 -> int32, then one float rescale.
+
+    Optionally fuses a following non-overlapping max pooling into the integer domain:
+    ``max_pool(conv * s + b) == max_pool(conv) * s + b`` because every scale is positive and
+    the bias is constant per channel (and ReLU commutes with max pooling too, so a model's
+    ``pool(relu(conv))`` is ``relu(int8_conv(..., pool_window=2))``).
 
     Args:
       x: activations ``(B, *spatial, C)``: a per-tensor QTensor (<= 8 bits) or an int8
@@ -208,17 +279,30 @@ def int8_conv(
       strides: per spatial axis, default all 1.
       padding: ``"SAME"``, ``"VALID"`` or one ``(low, high)`` pair per spatial axis.
       rhs_dilation: kernel dilation per spatial axis, default all 1.
-      method: ``"im2col"`` (patches + integer matmul; fast on XLA:CPU) or ``"conv"``
-        (``lax.conv_general_dilated`` with ``preferred_element_type=int32``). Both are exact.
+      pool_window: None, or the window (= stride) of a max pooling applied to the output
+        (VALID: partial windows are dropped).
+      x_scale, x_zero_point, w_scale: scales / zero point for raw int8 operands (positive
+        scales).
+      method: how the integer sum is computed, all exact:
+        ``"block"``: stride-1 only; each GEMM row computes a ``pool_window``-sized (default
+        2) tile of output pixels, which turns thin convolutions into one wider int8 GEMM and
+        makes the pooling a max over the tile (the fastest for LeNet-5 on XLA:CPU);
+        ``"im2col"``: patches gathered with static slices times the kernel matrix in one
+        int8 GEMM; ``"conv"``: ``lax.conv_general_dilated`` with
+        ``preferred_element_type=int32`` (XLA:CPU widens it to int32: slow there);
+        ``"auto"``: ``"block"`` for stride-1, undilated convolutions with at most
+        ``BLOCK_MAX_CHANNELS`` output channels, else ``"im2col"``.
       out_dtype: float dtype of the result.
 
     Returns:
-      Float ``(B, *out_spatial, O)`` equal to the float convolution of ``dequantize(x)`` and
-      ``dequantize(w)`` plus ``bias``, up to the rounding of the final multiply.
+      Float ``(B, *out_spatial, O)`` (pooled if ``pool_window``) equal to the float
+      convolution of ``dequantize(x)`` and ``dequantize(w)`` plus ``bias`` (then max-pooled),
+      up to the rounding of the final multiply.
 
     Example:
       >>> xq = quantize(images, 8, symmetric=False, clip_range=(0.0, 1.0))
-      >>> y = int8_conv(xq, quantize(kernel, 8, axis=-1), bias, padding="SAME")
+      >>> wq = quantize(kernel, 8, axis=-1)
+      >>> h = jax.nn.relu(int8_conv(xq, wq, bias, padding="SAME", pool_window=2))
     """
     xv, sx, zx, xq = _unpack_operand(x, x_scale, x_zero_point, "x")
     wv, sw, zw, _ = _unpack_operand(w, w_scale, None, "w")
@@ -234,17 +318,28 @@ def int8_conv(
         raise ValueError("int8_conv needs symmetric weights (quantize(w, symmetric=True)).")
     if (xq is not None and xq.axis) or sx.size != 1 or (zx is not None and jnp.size(zx) != 1):
         raise ValueError("int8_conv needs per-tensor activation scale and zero point.")
-    if method not in ("im2col", "conv"):
-        raise ValueError(f"method must be 'im2col' or 'conv', got {method!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if pool_window is not None and (
+        isinstance(pool_window, bool) or not isinstance(pool_window, int) or pool_window < 1
+    ):
+        raise ValueError(f"pool_window must be None or a positive int, got {pool_window!r}.")
     o = wv.shape[-1]
     sw = sw.reshape(-1)
     if sw.size not in (1, o):
         raise ValueError(f"w_scale must have 1 or {o} entries, got shape {sw.shape}.")
-    strides = tuple(strides) if strides is not None else (1,) * nsp
-    rhs_dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * nsp
+    strides = tuple(int(v) for v in strides) if strides is not None else (1,) * nsp
+    rhs_dilation = tuple(int(v) for v in rhs_dilation) if rhs_dilation is not None else (1,) * nsp
     if len(strides) != nsp or len(rhs_dilation) != nsp:
         raise ValueError(
             f"strides and rhs_dilation need {nsp} entries, got {strides}, {rhs_dilation}."
+        )
+    unit = all(v == 1 for v in strides + rhs_dilation)
+    if method == "auto":
+        method = "block" if unit and o <= BLOCK_MAX_CHANNELS else "im2col"
+    if method == "block" and not unit:
+        raise ValueError(
+            f"method='block' needs strides and rhs_dilation of 1, got {strides}, {rhs_dilation}."
         )
     kernel_spatial = wv.shape[:nsp]
     dilated = [(kk - 1) * d + 1 for kk, d in zip(kernel_spatial, rhs_dilation, strict=True)]
@@ -257,10 +352,11 @@ def int8_conv(
     zx = None if zx is None else jnp.reshape(zx, ())
     bias = None if bias is None else jnp.asarray(bias)
     config = (
-        tuple(strides),
+        strides,
         tuple(tuple(p) for p in pads),
-        tuple(rhs_dilation),
+        rhs_dilation,
         method,
+        pool_window,
         jnp.dtype(out_dtype).name,
     )
     return _conv(xv, wv, sx, zx, sw, bias, config)
@@ -269,22 +365,22 @@ def int8_conv(
 @functools.partial(jax.jit, static_argnums=6)
 def _conv(xv, wv, sx, zx, sw, bias, config):
     """Traceable core of int8_conv (``config`` holds the static settings)."""
-    strides, pads, rhs_dilation, method, out_dtype = config
+    strides, pads, rhs_dilation, method, pool_window, out_dtype = config
     nsp = wv.ndim - 2
     o = wv.shape[-1]
-    kernel_spatial = wv.shape[:nsp]
     pad_value = 0 if zx is None else zx.astype(xv.dtype)
-    if method == "im2col":
-        patches = _im2col(xv, kernel_spatial, strides, pads, rhs_dilation, pad_value)
-        wmat = wv.reshape(-1, o)
+    xp = jnp.pad(xv, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
+    if method == "block":
+        acc = _block_conv(xp, wv, pool_window or 2, pool_window is not None, pad_value)
+    elif method == "im2col":
+        patches = _im2col(xp, wv.shape[:nsp], strides, rhs_dilation)
         acc = lax.dot_general(
             patches,
-            wmat,
+            wv.reshape(-1, o),
             (((patches.ndim - 1,), (0,)), ((), ())),
             preferred_element_type=jnp.int32,
         )
     else:
-        xp = jnp.pad(xv, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
         acc = lax.conv_general_dilated(
             xp,
             wv,
@@ -294,6 +390,8 @@ def _conv(xv, wv, sx, zx, sw, bias, config):
             dimension_numbers=_CHANNELS_LAST[nsp],
             preferred_element_type=jnp.int32,
         )
+    if pool_window is not None and method != "block":
+        acc = _max_pool(acc, pool_window)
     if zx is not None:
         wsum = jnp.sum(_as_i32(wv).reshape(-1, o), axis=0)  # (O,)
         acc = acc - _as_i32(zx) * wsum
