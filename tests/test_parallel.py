@@ -7,6 +7,7 @@ devices (``XLA_FLAGS`` must be set before JAX starts its backend).
 import functools
 import json
 import os
+import runpy
 import subprocess
 import sys
 from typing import NamedTuple
@@ -27,6 +28,7 @@ from jaxopt_models.training.parallel import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS_CONFIG = os.path.join(ROOT, "experiments", "configs", "digits_mlp.py")
 NUM_DEVICES = 8
 NUM_STEPS = 20
 SYNC_EVERY = 10  # collectives on simulated CPU devices: never queue 40+ steps unsynced
@@ -87,7 +89,7 @@ def data(num_steps: int = NUM_STEPS, batch: int = 64, seed: int = 0):
     return x, y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _host_state(variant: str, seed: int):
     model = models.MLP(features=(32,), num_classes=10)
     tx = optax.adam(1e-2)
@@ -328,9 +330,7 @@ def test_plain_compiled_functions_are_wrapped_as_none_mode():
 
 
 def test_fit_rejects_a_train_fn_of_another_mode():
-    from experiments.configs.digits_mlp import get_config
-
-    config = get_config()
+    config = runpy.run_path(DIGITS_CONFIG)["get_config"]()
     config.parallel = "sharding"
     with pytest.raises(ValueError, match=r"config.parallel='sharding' but train_fn runs"):
         training.fit(
