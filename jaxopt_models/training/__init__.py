@@ -1,5 +1,6 @@
 """Training: state, optimizers, compiled steps and the experiment loop."""
 
+from jaxopt_models.training.checkpoint import Checkpointer as Checkpointer
 from jaxopt_models.training.config import default_config as default_config
 from jaxopt_models.training.distill import Teacher as Teacher
 from jaxopt_models.training.distill import compute_teacher_logits as compute_teacher_logits
@@ -11,6 +12,10 @@ from jaxopt_models.training.distill import (
     make_precomputed_distill_train_step as make_precomputed_distill_train_step,
 )
 from jaxopt_models.training.distill import train_and_distill as train_and_distill
+from jaxopt_models.training.distributed import distributed_settings as distributed_settings
+from jaxopt_models.training.distributed import initialize_distributed as initialize_distributed
+from jaxopt_models.training.distributed import is_main_process as is_main_process
+from jaxopt_models.training.distributed import launch_local as launch_local
 from jaxopt_models.training.io import append_jsonl as append_jsonl
 from jaxopt_models.training.io import atomic_write_bytes as atomic_write_bytes
 from jaxopt_models.training.io import atomic_write_json as atomic_write_json
@@ -25,6 +30,11 @@ from jaxopt_models.training.optimizers import OPTIMIZERS as OPTIMIZERS
 from jaxopt_models.training.optimizers import SCHEDULES as SCHEDULES
 from jaxopt_models.training.optimizers import make_optimizer as make_optimizer
 from jaxopt_models.training.optimizers import make_schedule as make_schedule
+from jaxopt_models.training.parallel import DATA_AXIS as DATA_AXIS
+from jaxopt_models.training.parallel import PARALLEL_MODES as PARALLEL_MODES
+from jaxopt_models.training.parallel import ParallelStep as ParallelStep
+from jaxopt_models.training.parallel import cross_replica_mean as cross_replica_mean
+from jaxopt_models.training.parallel import make_mesh as make_mesh
 from jaxopt_models.training.state import TrainState as TrainState
 from jaxopt_models.training.state import count_params as count_params
 from jaxopt_models.training.state import create_train_state as create_train_state
