@@ -1,12 +1,17 @@
 """Quantization: quantize / dequantize, fake-quant for QAT, PTQ over pytrees, integer
 inference, binary / ternary weights and bit packing.
 
-Example:
-  >>> from jaxopt_models import quantization as qz
-  >>> q = qz.quantize(kernel, bits=8, axis=-1)          # per-output-channel int8
-  >>> w = qz.dequantize(q)
-  >>> loss = lambda p: loss_fn(qz.fake_quant_params(p, bits=4, axis=-1))   # weight QAT
-  >>> y = qz.int8_dense(qz.quantize(x, 8, symmetric=False), q, bias)      # integer Dense
+Usage::
+
+  from jaxopt_models import quantization as qz
+
+  q = qz.quantize(kernel, bits=8, axis=-1)       # per-output-channel int8 QTensor
+  w = qz.dequantize(q)
+  qparams = qz.quantize_params(params, bits=4, axis=-1)                  # PTQ
+  loss = lambda p: loss_fn(qz.fake_quant_params(p, bits=4, axis=-1))     # weight QAT
+  act_quant = qz.ActivationQuantizer(bits=8, clip_range=(0.0, 6.0))      # activation QAT
+  y = qz.int8_dense(qz.quantize(x, 8, symmetric=False), q, bias)         # integer Dense
+  size = qz.size_bytes(qz.pack_params(qparams))                          # real storage
 """
 
 from jaxopt_models.quantization.activation import ActivationQuantizer as ActivationQuantizer

@@ -159,9 +159,12 @@ def update_range_stats(
 
     Example:
       >>> stats = init_range_stats()
-      >>> for x in batches:
+      >>> for i in range(3):
+      ...     x = jax.random.normal(jax.random.key(i), (32, 10))
       ...     stats = jax.jit(update_range_stats)(stats, x)
       >>> aq = ActivationQuantizer(8, clip_range=tuple(map(float, stats_range(stats))))
+      >>> int(stats.count)
+      3
     """
     x = check_float_array(x, "x")
     layout = make_layout(x.shape, axis)
@@ -232,9 +235,10 @@ class ActivationQuantizer:
 
     Example:
       >>> aq = ActivationQuantizer(bits=8, clip_range=(0.0, 6.0))
-      >>> model = MLP(features=(300, 100), act_quant=aq)   # fake-quantizes every Dense input
-      >>> aq(jnp.array([-1.0, 0.01, 7.0])).tolist()
+      >>> [round(v, 4) for v in aq(jnp.array([-1.0, 0.01, 7.0])).tolist()]
       [0.0, 0.0, 6.0]
+
+      A model applies it to the inputs of its layers, e.g. ``MLP(act_quant=aq)``.
     """
 
     bits: int = 8

@@ -167,8 +167,8 @@ def representable_range(
     """The float interval ``[lo, hi]`` the grid covers (values outside are clipped).
 
     Example:
-      >>> representable_range(jnp.array(0.5), None, 3)
-      (Array(-1.5, dtype=float32), Array(1.5, dtype=float32))
+      >>> [float(v) for v in representable_range(jnp.array(0.5), None, 3)]
+      [-1.5, 1.5]
     """
     symmetric = zero_point is None
     qmin, qmax = integer_range(bits, symmetric)

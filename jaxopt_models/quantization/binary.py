@@ -184,7 +184,7 @@ def fake_ternarize(
     """``dequantize(ternarize(x, ...))`` with an identity straight-through gradient (QAT).
 
     Example:
-      >>> fake_ternarize(jnp.array([0.05, -1.0, 1.2, 0.9])).round(4).tolist()
+      >>> [round(v, 4) for v in fake_ternarize(jnp.array([0.05, -1.0, 1.2, 0.9])).tolist()]
       [0.0, -1.0333, 1.0333, 1.0333]
     """
     threshold = _check_threshold(threshold)

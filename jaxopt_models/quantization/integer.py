@@ -101,9 +101,13 @@ def int8_dense(
         activation scales varying along ``K`` or weight scales varying along ``K``.
 
     Example:
+      >>> x = jax.nn.relu(jax.random.normal(jax.random.key(0), (4, 16)))
+      >>> kernel, bias = jax.random.normal(jax.random.key(1), (16, 3)), jnp.zeros(3)
       >>> xq = quantize(x, 8, symmetric=False)             # per-tensor activations
       >>> wq = quantize(kernel, 8, axis=-1)                # per-output-channel weights
       >>> y = int8_dense(xq, wq, bias)
+      >>> bool(jnp.allclose(y, dequantize(xq) @ dequantize(wq), atol=1e-4))
+      True
     """
     xv, sx, zx, xq = _unpack_operand(x, x_scale, x_zero_point, "x")
     wv, sw, zw, wq = _unpack_operand(w, w_scale, w_zero_point, "w")
@@ -300,9 +304,12 @@ def int8_conv(
       up to the rounding of the final multiply.
 
     Example:
+      >>> images = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+      >>> kernel, bias = jax.random.normal(jax.random.key(1), (5, 5, 1, 6)), jnp.zeros(6)
       >>> xq = quantize(images, 8, symmetric=False, clip_range=(0.0, 1.0))
       >>> wq = quantize(kernel, 8, axis=-1)
-      >>> h = jax.nn.relu(int8_conv(xq, wq, bias, padding="SAME", pool_window=2))
+      >>> jax.nn.relu(int8_conv(xq, wq, bias, padding="SAME", pool_window=2)).shape
+      (8, 14, 14, 6)
     """
     xv, sx, zx, xq = _unpack_operand(x, x_scale, x_zero_point, "x")
     wv, sw, zw, _ = _unpack_operand(w, w_scale, None, "w")

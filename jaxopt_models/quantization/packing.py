@@ -198,6 +198,7 @@ def unpack(p: PackedQTensor) -> QTensor:
       TypeError: ``p`` is not a PackedQTensor.
 
     Example:
+      >>> q = quantize(jax.random.normal(jax.random.key(0), (5, 3)), bits=3)
       >>> bool(jnp.all(unpack(pack(q)).values == q.values))
       True
     """
