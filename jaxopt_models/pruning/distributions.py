@@ -44,7 +44,13 @@ def default_filter(path: str, leaf: Any) -> bool:
 
 def is_concrete(x: Any) -> bool:
     """True when ``x`` is a Python / NumPy number or a non-traced array."""
-    return not isinstance(x, jax.core.Tracer)
+    if isinstance(x, (int, float, np.number, np.ndarray)):
+        return True
+    try:
+        np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return False
+    return True
 
 
 def check_sparsity(sparsity: Any, name: str = "sparsity") -> Any:
