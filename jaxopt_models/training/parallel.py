@@ -223,6 +223,8 @@ class ParallelStep:
                 donate_argnums=donate_argnums,
             )
             self._pmap_place_cache: dict[Any, Callable] = {}
+            local_mesh = Mesh(np.asarray(jax.local_devices(), dtype=object), ("local",))
+            self._pmap_batch = NamedSharding(local_mesh, PartitionSpec("local"))
 
     def __repr__(self) -> str:
         return f"ParallelStep(mode={self.mode!r}, num_devices={self.num_devices})"
@@ -278,11 +280,14 @@ class ParallelStep:
         Returns:
           ``batch`` unchanged (``"none"``), global arrays sharded on the data axis
           (``"sharding"``) or arrays reshaped to ``(local_devices, rows_per_device, ...)``
-          (``"pmap"``).
+          and split over the local devices (``"pmap"``). Placing twice is a no-op.
         """
         if self.mode == "none":
             return batch
         leaves = jax.tree.leaves(batch)
+        target = self._data if self.mode == "sharding" else self._pmap_batch
+        if all(isinstance(x, jax.Array) and x.sharding == target for x in leaves):
+            return batch
         rows = {int(np.shape(x)[0]) for x in leaves}
         if len(rows) != 1:
             raise ValueError(f"batch leaves have different leading sizes {sorted(rows)}")
@@ -302,7 +307,10 @@ class ParallelStep:
             return jax.tree.map(put, batch)
         n_local = jax.local_device_count()
         return jax.tree.map(
-            lambda x: np.asarray(x).reshape(n_local, local_rows // n_local, *np.shape(x)[1:]),
+            lambda x: jax.device_put(
+                np.asarray(x).reshape(n_local, local_rows // n_local, *np.shape(x)[1:]),
+                self._pmap_batch,
+            ),
             batch,
         )
 
