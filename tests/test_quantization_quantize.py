@@ -281,3 +281,5 @@ def test_integer_input_and_unknown_calibration():
         quantize(jnp.arange(4), 8)
     with pytest.raises(ValueError, match="calibration must be one of"):
         quantize(jnp.ones(4), 8, calibration="kl")
+    with pytest.raises(ValueError, match="must not be empty"):
+        quantize(jnp.zeros((0, 3)), 8)

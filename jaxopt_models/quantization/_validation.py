@@ -39,12 +39,14 @@ def check_bool(value: Any, name: str) -> bool:
 
 
 def check_float_array(x: Any, name: str = "x") -> jax.Array:
-    """Converts ``x`` to a jax array and checks it has a floating dtype."""
+    """Converts ``x`` to a jax array and checks it is non-empty with a floating dtype."""
     if not isinstance(x, (jax.Array, np.ndarray, np.generic, float, int)) or isinstance(x, bool):
         raise TypeError(f"{name} must be a floating-point array, got {type(x).__name__}.")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must have a floating dtype, got {x.dtype}.")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}.")
     return x
 
 
