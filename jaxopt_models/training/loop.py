@@ -143,6 +143,8 @@ def train_and_evaluate(
 
 
 NAN_POLICIES = ("error", "skip")
+# Seen on simulated CPU devices: 40+ queued steps with collectives deadlock; 30 never did.
+MAX_UNSYNCED_PARALLEL_STEPS = 25
 
 
 def _choice(config, key: str, allowed: tuple[str, ...], default: str) -> str:
@@ -232,7 +234,8 @@ def fit(
 
     Args:
       config: the experiment config (``batch_size``, ``num_epochs``, ``eval_batch_size``,
-        ``log_every_epochs``, ``sync_every_steps``, ``progress``, ``seed``, and optionally
+        ``log_every_epochs``, ``sync_every_steps`` (at most 25 in the parallel modes),
+        ``progress``, ``seed``, and optionally
         ``parallel``, ``checkpoint.every_steps``/``keep``, ``resume``, ``nan_policy``).
       state: the initial train state (single copy; also the template a resumed
         checkpoint is validated against).
@@ -273,6 +276,8 @@ def fit(
             "make_train_step(..., skip_nonfinite=True)"
         )
     rows = step_fn.process_rows(batch_size)
+    if step_fn.mode != "none":  # long unsynced queues of collective steps can deadlock
+        sync_every = min(sync_every, MAX_UNSYNCED_PARALLEL_STEPS)
     n_steps = steps_per_epoch(len(ds.x_train), batch_size)
     total_steps = n_steps * num_epochs
     is_main = jax.process_index() == 0
