@@ -1,7 +1,14 @@
-"""Tests of the teacher-student train step and train_and_distill (training/distill.py)."""
+"""Tests of the teacher-student train step and train_and_distill (training/distill.py).
+
+The data-parallel check runs this file as a script in a subprocess with 4 simulated CPU
+devices (``XLA_FLAGS`` must be set before JAX starts its backend).
+"""
 
 import functools
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -342,3 +349,65 @@ def test_train_and_distill_errors():
     bare = training.default_config()
     with pytest.raises(ValueError, match="config.distill is missing"):
         training.train_and_distill(bare, None, teacher=teacher, dataset=ds)
+
+
+# ---------------------------------------------------------------- data-parallel modes
+
+NUM_DEVICES = 4
+
+
+def parallel_worker(out_dir: str) -> None:
+    """train_and_distill in every parallel mode, both teacher paths; saves the params."""
+    assert jax.device_count() == NUM_DEVICES, jax.devices()
+    ds = small_digits()
+    teacher = bn_teacher()
+    before = snapshot(teacher.variables)
+    report = {}
+    for precompute in (True, False):
+        for parallel in training.PARALLEL_MODES:
+            config = student_config(precompute_teacher=precompute, temperature=3.0, alpha=0.8)
+            config.parallel = parallel
+            config.sync_every_steps = 4
+            state, results = training.train_and_distill(config, None, teacher=teacher, dataset=ds)
+            name = f"{'pre' if precompute else 'online'}_{parallel}"
+            np.savez(
+                os.path.join(out_dir, name + ".npz"),
+                *[np.asarray(x) for x in jax.tree.leaves(state.params)],
+            )
+            report[name] = [int(state.step), results["test_accuracy"]]
+    assert_trees_bitwise_equal(snapshot(teacher.variables), before)
+    print("REPORT " + json.dumps(report), flush=True)
+
+
+@pytest.mark.slow
+def test_train_and_distill_agrees_across_parallel_modes(tmp_path):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_DEVICES}"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(lines[-1][len("REPORT ") :])
+    steps = 2 * (256 // 32)
+    for path in ("pre", "online"):
+        ref = np.load(tmp_path / f"{path}_none.npz")
+        for parallel in ("sharding", "pmap"):
+            got = np.load(tmp_path / f"{path}_{parallel}.npz")
+            for k in ref.files:
+                np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6)
+            assert report[f"{path}_{parallel}"][0] == steps
+            assert report[f"{path}_{parallel}"][1] == report[f"{path}_none"][1]
+
+
+if __name__ == "__main__":
+    parallel_worker(sys.argv[1])

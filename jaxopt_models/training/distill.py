@@ -25,10 +25,12 @@ from jaxopt_models.distillation import (
     validate_temperature,
 )
 from jaxopt_models.models import get_model
+from jaxopt_models.training.distributed import initialize_distributed
 from jaxopt_models.training.loop import fit, load_dataset, model_kwargs
 from jaxopt_models.training.optimizers import make_optimizer
+from jaxopt_models.training.parallel import ParallelStep, cross_replica_mean
 from jaxopt_models.training.state import TrainState, count_params, create_train_state
-from jaxopt_models.training.steps import cross_entropy, make_eval_step
+from jaxopt_models.training.steps import cross_entropy, make_eval_step, make_train_step
 from jaxopt_models.typing import PyTree
 
 Batch = dict[str, jax.Array]
@@ -156,6 +158,7 @@ def distill_train_step(
     loss_fn: DistillLossFn,
     teacher_apply_fn: Callable[..., jax.Array] | None = None,
     params_fn: ParamsFn | None = None,
+    axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update of the student towards the teacher (pure; jit it).
 
@@ -173,6 +176,9 @@ def distill_train_step(
       teacher_apply_fn: the teacher's ``apply``, run with ``train=False`` inside this step.
       params_fn: optional transform of the student's params inside the loss and the
         forward pass (e.g. weight fake-quantization for QAT).
+      axis_name: the ``pmap`` axis when run under ``pmap`` (``make_train_step`` passes
+        it): gradients, metrics and batch statistics are averaged over it. ``None``
+        under ``jit``.
 
     Returns:
       ``(new_state, {"loss": scalar, "accuracy": scalar})`` (accuracy on the labels).
@@ -196,6 +202,8 @@ def distill_train_step(
         )
     t_logits = jax.lax.stop_gradient(t_logits)
     rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def objective(params):
         p = params if params_fn is None else params_fn(params)
@@ -205,13 +213,15 @@ def distill_train_step(
     (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params
     )
+    grads = cross_replica_mean(grads, axis_name)
+    new_model_state = cross_replica_mean(new_model_state, axis_name)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     acc = (jnp.argmax(logits, -1) == batch["label"]).mean()
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state
     )
-    return new_state, {"loss": loss, "accuracy": acc}
+    return new_state, cross_replica_mean({"loss": loss, "accuracy": acc}, axis_name)
 
 
 def make_distill_train_step(
@@ -219,8 +229,11 @@ def make_distill_train_step(
     loss_fn: DistillLossFn,
     teacher_apply_fn: Callable[..., jax.Array] | None = None,
     params_fn: ParamsFn | None = None,
+    parallel: str = "none",
+    mesh: jax.sharding.Mesh | None = None,
     donate: bool = True,
-) -> Callable[..., tuple[TrainState, dict[str, Any]]]:
+    skip_nonfinite: bool = False,
+) -> ParallelStep:
     """The compiled ``distill_train_step``: ``step(state, batch, teacher_variables)``.
 
     Args:
@@ -228,10 +241,14 @@ def make_distill_train_step(
       teacher_apply_fn: the teacher's ``apply``; ``None`` when every batch carries
         ``"teacher_logits"``.
       params_fn: optional params transform of the student (QAT).
+      parallel: ``"none"``, ``"sharding"`` or ``"pmap"`` (see ``make_train_step``); the
+        teacher's variables are replicated like the student's state.
+      mesh: the mesh for ``"sharding"``.
       donate: donate the student's state (the teacher's variables are never donated).
+      skip_nonfinite: undo steps with a non-finite loss or state.
 
     Returns:
-      The jitted step.
+      A ``ParallelStep``.
 
     Example:
       >>> step = make_distill_train_step(loss_fn=make_distill_loss(temperature=4, alpha=0.9),
@@ -241,44 +258,80 @@ def make_distill_train_step(
     fn = functools.partial(
         distill_train_step, loss_fn=loss_fn, teacher_apply_fn=teacher_apply_fn, params_fn=params_fn
     )
-    return jax.jit(fn, donate_argnums=(0,) if donate else ())
+    return make_train_step(
+        fn,
+        parallel=parallel,
+        mesh=mesh,
+        donate=donate,
+        skip_nonfinite=skip_nonfinite,
+    )
 
 
 def make_precomputed_distill_train_step(
     *,
     loss_fn: DistillLossFn,
     params_fn: ParamsFn | None = None,
+    parallel: str = "none",
+    mesh: jax.sharding.Mesh | None = None,
     donate: bool = True,
-) -> Callable[..., tuple[TrainState, dict[str, Any]]]:
+    skip_nonfinite: bool = False,
+) -> ParallelStep:
     """A compiled step that gathers inputs and teacher logits on the device by index.
 
     ``step(state, {"index": (B,), "label": (B,)}, inputs, teacher_logits)`` where
-    ``inputs`` ``(N, ...)`` and ``teacher_logits`` ``(N, C)`` are device arrays of the whole
-    training set (transferred once), so no teacher runs during training.
+    ``inputs`` ``(N, ...)`` and ``teacher_logits`` ``(N, C)`` hold the whole training set
+    (placed on the device(s) once), so no teacher runs during training.
 
     Args:
       loss_fn: per-example distillation loss.
       params_fn: optional params transform of the student (QAT).
+      parallel: ``"none"``, ``"sharding"`` or ``"pmap"`` (the index batch is split, the
+        inputs and logits are replicated).
+      mesh: the mesh for ``"sharding"``.
       donate: donate the student's state.
+      skip_nonfinite: undo steps with a non-finite loss or state.
 
     Returns:
-      The jitted step.
+      A ``ParallelStep``.
 
     Example:
       >>> step = make_precomputed_distill_train_step(loss_fn=loss_fn)
       >>> state, m = step(state, {"index": idx, "label": y[idx]}, x_dev, logits_dev)
     """
 
-    def step(state, batch, inputs, teacher_logits):
+    def step(state, batch, inputs, teacher_logits, *, axis_name=None):
         idx = batch["index"]
         full = {
             "image": jnp.take(inputs, idx, axis=0),
             "label": batch["label"],
             "teacher_logits": jnp.take(teacher_logits, idx, axis=0),
         }
-        return distill_train_step(state, full, loss_fn=loss_fn, params_fn=params_fn)
+        return distill_train_step(
+            state, full, loss_fn=loss_fn, params_fn=params_fn, axis_name=axis_name
+        )
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return make_train_step(
+        step, parallel=parallel, mesh=mesh, donate=donate, skip_nonfinite=skip_nonfinite
+    )
+
+
+class _BoundStep(ParallelStep):
+    """A ``ParallelStep`` that appends frozen ``extra`` arguments to every call.
+
+    ``fit`` calls ``train_fn(state, batch)``; the teacher's variables (or the precomputed
+    inputs and logits) ride along as extra arguments, placed on the device(s) once.
+    """
+
+    def __init__(self, step: ParallelStep, extra: tuple[Any, ...], batch_fn=None):
+        self.__dict__.update(vars(step))
+        # "none" passes extras through as given: put them on the device once here
+        self._bound_extra = jax.device_put(extra) if step.mode == "none" else extra
+        self._batch_fn = batch_fn
+
+    def __call__(self, state, batch, *extra):
+        if self._batch_fn is not None:
+            batch = self._batch_fn(batch)
+        return super().__call__(state, batch, *self._bound_extra, *extra)
 
 
 def _distill_field(config, key: str, default: Any) -> Any:
@@ -344,6 +397,9 @@ def train_and_distill(
     if teacher is not None and not isinstance(teacher, Teacher):
         raise TypeError(f"teacher must be a Teacher or a TrainState, got {type(teacher).__name__}")
 
+    initialize_distributed(config)
+    parallel = config.get("parallel", "none")
+    skip_nonfinite = config.get("nan_policy") == "skip"
     ds = load_dataset(config, dataset)
     model = get_model(config.model.name, **model_kwargs(config, ds.num_classes))
     if tx is None:
@@ -361,19 +417,24 @@ def train_and_distill(
                 f"teacher_logits has shape {np.shape(teacher_logits)}; expected {expected} "
                 "(one row of logits per training example)"
             )
-        step = make_precomputed_distill_train_step(loss_fn=loss_fn, params_fn=params_fn)
-        inputs = jax.device_put(ds.x_train)
-        t_logits = jax.device_put(np.asarray(teacher_logits, np.float32))
-        train_fn = lambda s, b: step(
-            s, {"index": b["image"], "label": b["label"]}, inputs, t_logits
+        step = make_precomputed_distill_train_step(
+            loss_fn=loss_fn, params_fn=params_fn, parallel=parallel, skip_nonfinite=skip_nonfinite
         )
+        extras = (np.asarray(ds.x_train), np.asarray(teacher_logits, np.float32))
         # fit batches example indices; the step gathers images and logits on the device.
+        train_fn = _BoundStep(
+            step, extras, batch_fn=lambda b: {"index": b["image"], "label": b["label"]}
+        )
         fit_ds = ds._replace(x_train=np.arange(len(ds.x_train), dtype=np.int32))
     else:
         step = make_distill_train_step(
-            loss_fn=loss_fn, teacher_apply_fn=teacher.apply_fn, params_fn=params_fn
+            loss_fn=loss_fn,
+            teacher_apply_fn=teacher.apply_fn,
+            params_fn=params_fn,
+            parallel=parallel,
+            skip_nonfinite=skip_nonfinite,
         )
-        train_fn = lambda s, b: step(s, b, teacher.variables)
+        train_fn = _BoundStep(step, (teacher.variables,))
         fit_ds = ds
 
     extra = {
