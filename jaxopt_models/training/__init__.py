@@ -35,17 +35,12 @@ from jaxopt_models.training.parallel import PARALLEL_MODES as PARALLEL_MODES
 from jaxopt_models.training.parallel import ParallelStep as ParallelStep
 from jaxopt_models.training.parallel import cross_replica_mean as cross_replica_mean
 from jaxopt_models.training.parallel import make_mesh as make_mesh
-from jaxopt_models.training.pruning_config import PRUNING_METHODS as PRUNING_METHODS
-from jaxopt_models.training.pruning_config import PRUNING_SCHEDULES as PRUNING_SCHEDULES
-from jaxopt_models.training.pruning_config import (
-    default_pruning_config as default_pruning_config,
+from jaxopt_models.training.quant_config import (
+    default_quantization_config as default_quantization_config,
 )
-from jaxopt_models.training.pruning_config import find_prune_state as find_prune_state
-from jaxopt_models.training.pruning_config import make_pruning as make_pruning
-from jaxopt_models.training.pruning_config import pruning_enabled as pruning_enabled
-from jaxopt_models.training.pruning_config import pruning_results as pruning_results
-from jaxopt_models.training.pruning_config import schedule_steps as schedule_steps
-from jaxopt_models.training.pruning_config import with_pruning as with_pruning
+from jaxopt_models.training.quant_config import quant_model_kwargs as quant_model_kwargs
+from jaxopt_models.training.quant_config import quant_params_fn as quant_params_fn
+from jaxopt_models.training.quant_config import quantization_enabled as quantization_enabled
 from jaxopt_models.training.state import TrainState as TrainState
 from jaxopt_models.training.state import count_params as count_params
 from jaxopt_models.training.state import create_train_state as create_train_state
