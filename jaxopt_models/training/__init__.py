@@ -35,6 +35,17 @@ from jaxopt_models.training.parallel import PARALLEL_MODES as PARALLEL_MODES
 from jaxopt_models.training.parallel import ParallelStep as ParallelStep
 from jaxopt_models.training.parallel import cross_replica_mean as cross_replica_mean
 from jaxopt_models.training.parallel import make_mesh as make_mesh
+from jaxopt_models.training.pruning_config import PRUNING_METHODS as PRUNING_METHODS
+from jaxopt_models.training.pruning_config import PRUNING_SCHEDULES as PRUNING_SCHEDULES
+from jaxopt_models.training.pruning_config import (
+    default_pruning_config as default_pruning_config,
+)
+from jaxopt_models.training.pruning_config import find_prune_state as find_prune_state
+from jaxopt_models.training.pruning_config import make_pruning as make_pruning
+from jaxopt_models.training.pruning_config import pruning_enabled as pruning_enabled
+from jaxopt_models.training.pruning_config import pruning_results as pruning_results
+from jaxopt_models.training.pruning_config import schedule_steps as schedule_steps
+from jaxopt_models.training.pruning_config import with_pruning as with_pruning
 from jaxopt_models.training.quant_config import (
     default_quantization_config as default_quantization_config,
 )

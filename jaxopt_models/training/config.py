@@ -3,6 +3,7 @@
 import ml_collections
 from ml_collections import config_dict
 
+from jaxopt_models.training.pruning_config import default_pruning_config
 from jaxopt_models.training.quant_config import default_quantization_config
 
 
@@ -28,6 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
       distributed.*: ``jax.distributed`` settings (``training.initialize_distributed``):
         ``coordinator_address``, ``num_processes``, ``process_id`` (else from the
         environment) or ``auto`` (TPU pod / Slurm / Open MPI detection).
+      pruning.*: pruning during training, off by default (``method="none"``); see
+        ``training.default_pruning_config``.
       quantization.*: quantization-aware training (weights / activations), float by
         default; see ``training.default_quantization_config``.
 
@@ -73,5 +76,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = config_dict.placeholder(int)
     c.distributed.process_id = config_dict.placeholder(int)
     c.distributed.auto = False
+    c.pruning = default_pruning_config()
     c.quantization = default_quantization_config()
     return c

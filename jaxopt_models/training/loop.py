@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,11 +19,17 @@ from jaxopt_models.data import (
 )
 from jaxopt_models.metrics import classification_report
 from jaxopt_models.models import get_model
+from jaxopt_models.pruning import format_summary
 from jaxopt_models.training.checkpoint import Checkpointer
 from jaxopt_models.training.distributed import initialize_distributed
 from jaxopt_models.training.io import append_jsonl, atomic_write_bytes, atomic_write_json
 from jaxopt_models.training.optimizers import make_optimizer
 from jaxopt_models.training.parallel import PARALLEL_MODES, as_parallel_step
+from jaxopt_models.training.pruning_config import (
+    pruning_enabled,
+    pruning_results,
+    with_pruning,
+)
 from jaxopt_models.training.quant_config import quant_model_kwargs, quant_params_fn
 from jaxopt_models.training.state import TrainState, count_params, create_train_state
 from jaxopt_models.training.steps import cross_entropy, make_eval_step, make_train_step
@@ -106,7 +113,9 @@ def train_and_evaluate(
 
     Writes ``<workdir>/metrics.jsonl`` (one line per epoch) and ``<workdir>/results.json``
     (atomically) with at least ``test_accuracy``, ``test_macro_f1``, ``params``,
-    ``train_seconds`` and ``config``.
+    ``train_seconds`` and ``config``. With ``config.pruning.method`` set, the optimizer is
+    followed by ``pruning.prune`` (see ``training.with_pruning``) and the results hold the
+    final ``pruning`` summary (per-layer and total sparsity).
 
     Args:
       config: a ``ConfigDict`` shaped like ``training.default_config()``.
@@ -129,7 +138,7 @@ def train_and_evaluate(
     )
     params_fn = quant_params_fn(config)  # weight QAT (None: float)
     total_steps = steps_per_epoch(len(ds.x_train), batch_size) * num_epochs
-    tx = make_optimizer(config.optimizer, total_steps)
+    tx = with_pruning(make_optimizer(config.optimizer, total_steps), config, total_steps)
     state = create_train_state(model, jax.random.key(config.seed), ds.x_train[:1], tx)
     loss_fn = lambda logits, labels: cross_entropy(logits, labels, config.label_smoothing)
     return fit(
@@ -144,6 +153,11 @@ def train_and_evaluate(
             skip_nonfinite=config.get("nan_policy") == "skip",
         ),
         eval_fn=make_eval_step(loss_fn=loss_fn, params_fn=params_fn),
+        extra_results=(
+            (lambda final: {"pruning": pruning_results(final.params, final.opt_state, config)})
+            if pruning_enabled(config)
+            else None
+        ),
     )
 
 
@@ -230,7 +244,7 @@ def fit(
     *,
     train_fn,
     eval_fn,
-    extra_results: dict[str, Any] | None = None,
+    extra_results: dict[str, Any] | Callable[[TrainState], dict[str, Any]] | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """Runs the epochs of ``train_fn`` over ``ds``, evaluates, logs, checkpoints, writes results.
 
@@ -251,7 +265,8 @@ def fit(
         from ``make_train_step(parallel=config.parallel)`` or any compiled function
         (``parallel="none"`` only).
       eval_fn: compiled ``(state, batch) -> {"pred", "loss"}`` (runs on one device).
-      extra_results: more keys for ``results.json``.
+      extra_results: more keys for ``results.json``, or a function of the final state
+        returning them.
 
     Returns:
       ``(final_state, results)``; the state is a single-device copy.
@@ -472,7 +487,7 @@ def fit(
         "resumed_from_step": start,
         "history": history,
         **({"skipped_steps": skipped} if nan_policy == "skip" else {}),
-        **(extra_results or {}),
+        **(extra_results(final) if callable(extra_results) else extra_results or {}),
         "config": config.to_dict(),
     }
     if is_main and results_path is not None:
@@ -490,6 +505,21 @@ def print_results(results: dict[str, Any]) -> None:
             ("test macro recall", f"{results['test_macro_recall']:.4f}"),
             ("test macro F1", f"{results['test_macro_f1']:.4f}"),
             ("parameters", f"{results['params']:,}"),
+            *_pruning_rows(results),
             ("train seconds", f"{results['train_seconds']:.1f}"),
         ]
     )
+    if "pruning" in results:
+        print(format_summary(results["pruning"]))
+
+
+def _pruning_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """Table rows for a pruned run's sparsity (none for a dense run)."""
+    if "pruning" not in results:
+        return []
+    info = results["pruning"]
+    return [
+        ("nonzero parameters", f"{info['total']['nonzeros']:,}"),
+        ("sparsity (kernels)", f"{100 * info['prunable']['sparsity']:.2f}%"),
+        ("sparsity (total)", f"{100 * info['total']['sparsity']:.2f}%"),
+    ]
