@@ -45,6 +45,7 @@ from jaxopt_models.training.pruning_config import make_pruning as make_pruning
 from jaxopt_models.training.pruning_config import pruning_enabled as pruning_enabled
 from jaxopt_models.training.pruning_config import pruning_results as pruning_results
 from jaxopt_models.training.pruning_config import schedule_steps as schedule_steps
+from jaxopt_models.training.pruning_config import sparsity_summary as sparsity_summary
 from jaxopt_models.training.pruning_config import with_pruning as with_pruning
 from jaxopt_models.training.quant_config import (
     default_quantization_config as default_quantization_config,

@@ -294,17 +294,54 @@ def with_pruning(tx: optax.GradientTransformation, config, total_steps: int):
     return optax.GradientTransformationExtraArgs(chained.init, update_fn)
 
 
-def find_prune_state(opt_state: PyTree) -> pruning.PruneState | None:
-    """The first ``pruning.PruneState`` inside an optimizer state (None if there is none).
+def find_prune_state(
+    opt_state: PyTree,
+) -> pruning.PruneState | pruning.KeepMasksState | None:
+    """The first ``pruning.PruneState`` / ``KeepMasksState`` in an optimizer state, or None.
+
+    Args:
+      opt_state: an optimizer state (e.g. of ``optax.chain(adam, pruning.prune(...))``).
+
+    Returns:
+      The state of the first ``prune`` / ``keep_masks`` transform; its ``masks`` are the
+      current masks.
 
     Example:
       >>> masks = find_prune_state(state.opt_state).masks
     """
-    is_prune = lambda x: isinstance(x, pruning.PruneState)
+    is_prune = lambda x: isinstance(x, (pruning.PruneState, pruning.KeepMasksState))
     for node in jax.tree.leaves(opt_state, is_leaf=is_prune):
         if is_prune(node):
             return node
     return None
+
+
+def sparsity_summary(params: PyTree, masks: PyTree | None = None) -> dict[str, Any]:
+    """``pruning.summary`` plus the totals over the prunable kernels alone.
+
+    Args:
+      params: a params pytree.
+      masks: optional boolean masks (a weight counts as nonzero when nonzero and kept).
+
+    Returns:
+      ``{"layers", "total"}`` of ``pruning.summary`` and ``"prunable"``: params / nonzeros /
+      sparsity over the leaves ``pruning.default_filter`` prunes (kernels, not biases).
+
+    Example:
+      >>> sparsity_summary(state.params)["prunable"]["sparsity"]
+      0.9
+    """
+    params = jax.device_get(params)
+    info = pruning.summary(params, None if masks is None else jax.device_get(masks))
+    n = nz = 0
+    for (path, row), leaf in zip(info["layers"].items(), jax.tree.leaves(params), strict=True):
+        if pruning.default_filter(path, leaf):
+            n += row["params"]
+            nz += row["nonzeros"]
+    return {
+        **info,
+        "prunable": {"params": n, "nonzeros": nz, "sparsity": 1.0 - nz / n if n else 0.0},
+    }
 
 
 def pruning_results(params: PyTree, opt_state: PyTree, config) -> dict[str, Any]:
@@ -316,26 +353,18 @@ def pruning_results(params: PyTree, opt_state: PyTree, config) -> dict[str, Any]
       config: the experiment config.
 
     Returns:
-      ``pruning.summary(params, masks)`` (``"layers"``, ``"total"``) plus ``"prunable"``
-      (params / nonzeros / sparsity over the prunable kernels only), ``"target_sparsity"``,
-      ``"method"`` and ``"schedule"``.
+      :func:`sparsity_summary` of ``params`` under the state's masks (``"layers"``,
+      ``"total"``, ``"prunable"``) plus ``"target_sparsity"``, ``"method"`` and
+      ``"schedule"`` of ``config.pruning``.
 
     Example:
       >>> pruning_results(state.params, state.opt_state, config)["prunable"]["sparsity"]
       0.9
     """
     state = find_prune_state(opt_state)
-    masks = None if state is None else jax.device_get(state.masks)
-    info = pruning.summary(jax.device_get(params), masks)
-    n = nz = 0
-    for (path, row), leaf in zip(info["layers"].items(), jax.tree.leaves(params), strict=True):
-        if pruning.default_filter(path, leaf):
-            n += row["params"]
-            nz += row["nonzeros"]
     section = _section(config)
     return {
-        **info,
-        "prunable": {"params": n, "nonzeros": nz, "sparsity": 1.0 - nz / n if n else 0.0},
+        **sparsity_summary(params, None if state is None else state.masks),
         "target_sparsity": float(_get(section, "sparsity", 0.0)),
         "method": _get(section, "method", "none"),
         "schedule": _get(section, "schedule", "polynomial"),
