@@ -65,7 +65,8 @@ def test_int8_path_agrees_with_the_fake_quant_model(name):
 
 
 def test_int8_dense_layer_accumulates_exactly():
-    # One Dense layer (784 -> 10): the logits are (sum (xq - zx) * wq) * sx * sw + b.
+    # One Dense layer (784 -> 10): logits = (sum (xq - zx) * wq) * sx * sw + b, computed as
+    # (sum xq * wq) * sx * sw + folded bias.
     model = MLP(features=(), num_classes=10)
     x = IMAGES[:16]
     variables = model.init(jax.random.key(3), x)
@@ -73,13 +74,17 @@ def test_int8_dense_layer_accumulates_exactly():
     net = build_int8_model(model, variables["params"], ranges)
     out = np.asarray(jax.jit(int8_apply)(net, x), np.float64)
     layer = net.dense[0]
-    xq = np.asarray(qz.quantize_to_grid(x.reshape(16, -1), layer.x_scale, layer.x_zero_point, 8))
-    xq = xq.astype(np.int64) - int(layer.x_zero_point)
+    codes = qz.quantize_to_grid(x.reshape(16, -1), layer.x_scale, layer.x_zero_point, 8)
+    xq = np.asarray(codes, np.int64)
+    assert xq.min() >= -128 and xq.max() <= 127
     wq = np.asarray(layer.kernel.values, np.int64)
-    acc = xq @ wq  # exact integer reference
+    acc = xq @ wq  # exact integer reference of the int32 sum
     assert np.abs(acc).max() > 2**16  # sums a float16 accumulator could not hold
     scale = float(layer.x_scale) * np.asarray(layer.kernel.scale, np.float64).reshape(-1)
-    ref = acc * scale + np.asarray(layer.bias, np.float64)
+    np.testing.assert_allclose(out, acc * scale + np.asarray(layer.bias), rtol=1e-5, atol=1e-5)
+    # The folded bias makes it the affine layer on the dequantized input.
+    bias = np.asarray(variables["params"]["Dense_0"]["bias"], np.float64)
+    ref = (xq - int(layer.x_zero_point)) @ wq * scale + bias
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 

@@ -27,6 +27,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxopt_models import quantization as qz
 from jaxopt_models.models.cnn import ConvNet, pool
@@ -174,7 +175,13 @@ def fake_quant_apply(
 
 
 class Int8Layer(flax.struct.PyTreeNode):
-    """One integer Dense / Conv layer: int8 kernel, float bias and its input grid."""
+    """One integer Dense / Conv layer: int8 kernel, float bias and its input grid.
+
+    For a Dense layer ``bias`` already holds the input zero point's constant contribution,
+    ``bias - x_zero_point * sum_k(w_q) * x_scale * w_scale`` (computed once in float64), so
+    the layer needs only the integer sum ``sum_k x_q * w_q``; a Conv layer keeps its bias
+    and subtracts the zero-point term itself (padding makes it position-dependent).
+    """
 
     kernel: qz.QTensor
     bias: jax.Array
@@ -200,9 +207,15 @@ def _layer(params: PyTree, name: str, lo_hi: tuple[float, float], bits: int, pad
     scale, zero_point = qz.scale_and_zero_point(
         jnp.float32(lo_hi[0]), jnp.float32(lo_hi[1]), bits, symmetric=False
     )
+    wq = qz.quantize(kernel, 8, axis=-1)
+    bias = np.asarray(p["bias"], np.float64)
+    if kernel.ndim == 2:  # Dense: fold the zero point's term into the bias
+        colsum = np.asarray(wq.values, np.int64).sum(0)
+        w_scale = np.asarray(wq.scale, np.float64).reshape(-1)
+        bias = bias - int(zero_point) * colsum * float(scale) * w_scale
     return Int8Layer(
-        kernel=qz.quantize(kernel, 8, axis=-1),
-        bias=jnp.asarray(p["bias"], jnp.float32),
+        kernel=wq,
+        bias=jnp.asarray(bias, jnp.float32),
         x_scale=scale,
         x_zero_point=zero_point,
         padding=padding,
@@ -302,12 +315,9 @@ def int8_apply(net: Int8Model, x: jax.Array) -> jax.Array:
                 x = pool(x, net.pool)
     x = x.reshape((x.shape[0], -1))
     for i, layer in enumerate(net.dense):
+        # The zero point's term is folded into the bias (see Int8Layer).
         x = qz.int8_dense(
-            _quantize_input(layer, x),
-            layer.kernel,
-            layer.bias,
-            x_scale=layer.x_scale,
-            x_zero_point=layer.x_zero_point,
+            _quantize_input(layer, x), layer.kernel, layer.bias, x_scale=layer.x_scale
         )
         if i + 1 < len(net.dense):
             x = jax.nn.relu(x)
