@@ -16,6 +16,15 @@ from jaxopt_models.training.distributed import distributed_settings as distribut
 from jaxopt_models.training.distributed import initialize_distributed as initialize_distributed
 from jaxopt_models.training.distributed import is_main_process as is_main_process
 from jaxopt_models.training.distributed import launch_local as launch_local
+from jaxopt_models.training.int8_inference import Int8Layer as Int8Layer
+from jaxopt_models.training.int8_inference import Int8Model as Int8Model
+from jaxopt_models.training.int8_inference import build_int8_model as build_int8_model
+from jaxopt_models.training.int8_inference import (
+    calibrate_activation_ranges as calibrate_activation_ranges,
+)
+from jaxopt_models.training.int8_inference import capture_layer_inputs as capture_layer_inputs
+from jaxopt_models.training.int8_inference import fake_quant_apply as fake_quant_apply
+from jaxopt_models.training.int8_inference import int8_apply as int8_apply
 from jaxopt_models.training.io import append_jsonl as append_jsonl
 from jaxopt_models.training.io import atomic_write_bytes as atomic_write_bytes
 from jaxopt_models.training.io import atomic_write_json as atomic_write_json
