@@ -90,8 +90,7 @@ def test_activation_quantizer_from_config():
 )
 def test_bad_fields_name_the_field(field, value, error):
     c = default_config()
-    c.quantization.unlock() if hasattr(c.quantization, "unlock") else None
-    c.quantization = dict(c.quantization.to_dict(), **{field: value})
+    c.quantization = dict(c.quantization.to_dict(), **{field: value})  # any type
     with pytest.raises(error, match=f"config.quantization.{field}"):
         qc.quant_params_fn(c)
         qc.activation_quantizer(c)
