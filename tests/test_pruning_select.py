@@ -13,7 +13,7 @@ TINY = np.finfo(np.float32).tiny
 
 
 def reference(groups, ks):
-    """float64 reference of bottom_k: k lowest per group, ties by lowest index first."""
+    """float64 reference: the k lowest per group are dropped, ties by lowest index first."""
     out = []
     for arrays, k in zip(groups, ks, strict=True):
         flat = np.concatenate([np.asarray(a, np.float32).ravel() for a in arrays]).astype(
@@ -31,7 +31,7 @@ def reference(groups, ks):
 @jax.jit
 def run(a, b, c, ks):
     groups = [[_select.canonical(a), _select.canonical(b)], [_select.canonical(c)]]
-    return _select.bottom_k(groups, ks)
+    return _select.drop_bottom_k(groups, ks)
 
 
 values = st.one_of(
@@ -49,11 +49,11 @@ values = st.one_of(
     fa=st.floats(0, 1),
     fc=st.floats(0, 1),
 )
-def test_bottom_k_matches_reference_across_groups(a, b, c, fa, fc):
+def test_drop_bottom_k_matches_reference_across_groups(a, b, c, fa, fc):
     ks = [round(fa * 38), round(fc * 64)]
     got = run(a, b, c, jnp.asarray(ks, jnp.int32))
     want = reference([[a, b], [c]], ks)
-    got_flat = [np.concatenate([np.asarray(x).ravel() for x in g]) for g in got]
+    got_flat = [~np.concatenate([np.asarray(x).ravel() for x in g]) for g in got]
     for g, w, k in zip(got_flat, want, ks, strict=True):
         assert g.sum() == k
         np.testing.assert_array_equal(g, w)
@@ -71,8 +71,26 @@ def test_large_atoms_and_heavy_tails():
     lognormal = rng.lognormal(0, 4, 50_000).astype(np.float32)
     atom = np.where(rng.random(50_000) < 0.7, 0.0, rng.standard_normal(50_000)).astype(np.float32)
     ints = rng.integers(0, 3, 50_000).astype(np.float32)
-    f = jax.jit(lambda x, k: _select.bottom_k([[_select.canonical(x)]], k[None])[0][0])
+    f = jax.jit(lambda x, k: ~_select.drop_bottom_k([[_select.canonical(x)]], k[None])[0][0])
     for x in (lognormal, atom, ints):
         for frac in (0.01, 0.5, 0.69, 0.7, 0.71, 0.99):
             k = round(frac * x.size)
             np.testing.assert_array_equal(np.asarray(f(x, jnp.int32(k))), reference([[x]], [k])[0])
+
+
+@jax.jit
+def run_blocks(a, b, ks):
+    return _select.drop_bottom_k([[_select.canonical(a), _select.canonical(b)]], ks)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    a=hnp.arrays(np.float32, (20, 30), elements=st.sampled_from([0.0, 1.0, 2.0])),
+    b=hnp.arrays(np.float32, (500,), elements=st.sampled_from([0.0, 1.0, 2.0])),
+    frac=st.floats(0, 1),
+)
+def test_ties_straddling_blocks_and_arrays(a, b, frac):
+    k = round(frac * (a.size + b.size))
+    (got,) = run_blocks(a, b, jnp.asarray([k], jnp.int32))
+    got = ~np.concatenate([np.asarray(x).ravel() for x in got])
+    np.testing.assert_array_equal(got, reference([[a, b]], [k])[0])

@@ -10,9 +10,14 @@ is found with counting passes only:
 3. Both ends are snapped to data values (one masked min/max pass), which also settles ties.
 4. If still open, a bitwise binary search over the remaining key range finishes exactly.
 
-Ties at the k-th score are resolved by flat index (lowest index selected first) with a
-bitwise search over indices that only runs when a tie straddles the threshold. Exactly
-``k`` entries are selected and equal inputs give equal outputs.
+Ties at the k-th score are resolved by flat index (lowest index selected first): tie counts
+per block of 128 entries, a running sum over blocks and one block scanned; this only runs
+when a tie straddles the threshold. Exactly ``k`` entries are selected and equal inputs give
+equal outputs.
+
+All of it runs inside the training step (``lax.cond``), and XLA's CPU runtime allocates an
+executable's scratch memory on every call, even for branches that do not run; so the
+passes keep their temporaries small (uint8 partial counts, chunked min/max).
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# Float32 sums of 0/1 values are exact while the count stays below 2**24, and XLA's CPU
-# backend vectorises float reductions better than integer ones.
-_FLOAT_COUNT_LIMIT = 2**24
+# Entries per uint8 partial count (<= 255).
+_BLOCK = 128
+# Entries per step of the chunked masked min / max.
+_CHUNK = 16384
 # Regula-falsi passes before falling back to snapping + bisection.
 _MAX_INTERPOLATION_PASSES = 16
 
@@ -104,46 +110,53 @@ def bound_down(key: jax.Array, fdtype) -> jax.Array:
 
 
 def _count(arrays: Sequence[jax.Array], predicate) -> jax.Array:
+    """Number of entries where ``predicate`` holds, summed over ``arrays`` (int32).
+
+    XLA's CPU backend materializes a reduction's input at its element type, so the hits are
+    summed as uint8 in blocks of 128 first (1 byte per entry, well vectorized), then the
+    block sums as int32.
+    """
     total = jnp.int32(0)
     for a in arrays:
-        hit = predicate(a)
-        if a.size < _FLOAT_COUNT_LIMIT:
-            c = jnp.sum(hit.astype(jnp.float32)).astype(jnp.int32)
-        else:
-            c = jnp.sum(hit, dtype=jnp.int32)
-        total = total + c
+        flat = a.reshape(-1)
+        full = flat.size - flat.size % _BLOCK
+        if full:
+            blocks = predicate(flat[:full]).astype(jnp.uint8).reshape(-1, _BLOCK)
+            total = total + jnp.sum(jnp.sum(blocks, axis=1, dtype=jnp.uint8), dtype=jnp.int32)
+        if full < flat.size:
+            total = total + jnp.sum(predicate(flat[full:]), dtype=jnp.int32)
     return total
 
 
+def _masked_extreme(arrays, mask_fn, fill, reduce, combine):
+    """``reduce`` (min or max) over the entries where ``mask_fn`` holds, or ``fill``.
+
+    Large arrays are reduced chunk by chunk in a loop, so the masked copy that XLA's CPU
+    backend materializes for a float reduction stays chunk-sized.
+    """
+    results = []
+    for a in arrays:
+        flat = a.reshape(-1)
+        n = flat.size
+        if n <= 2 * _CHUNK:
+            results.append(reduce(jnp.where(mask_fn(flat), flat, fill)))
+            continue
+
+        def body(i, acc, flat=flat, n=n):
+            start = jnp.minimum(i * _CHUNK, n - _CHUNK)  # the last chunk overlaps: harmless
+            part = lax.dynamic_slice(flat, (start,), (_CHUNK,))
+            return combine(acc, reduce(jnp.where(mask_fn(part), part, fill)))
+
+        results.append(lax.fori_loop(0, -(-n // _CHUNK), body, jnp.asarray(fill, flat.dtype)))
+    return reduce(jnp.stack(results))
+
+
 def _masked_min(arrays, mask_fn, fill):
-    return jnp.min(jnp.stack([jnp.min(jnp.where(mask_fn(a), a, fill)) for a in arrays]))
+    return _masked_extreme(arrays, mask_fn, fill, jnp.min, jnp.minimum)
 
 
 def _masked_max(arrays, mask_fn, fill):
-    return jnp.max(jnp.stack([jnp.max(jnp.where(mask_fn(a), a, fill)) for a in arrays]))
-
-
-def bitwise_kth_smallest(
-    groups: Sequence[Sequence[jax.Array]], ks: jax.Array, nbits: int
-) -> jax.Array:
-    """For each group of unsigned keys (< 2**nbits), the ``ks[g]``-th smallest (1-based).
-
-    One compare-and-count pass per bit; a rank of 0 returns 0.
-    """
-    dtype = groups[0][0].dtype
-    one = jnp.array(1, dtype)
-    ks = jnp.asarray(ks, jnp.int32)
-
-    def body(i, ans):
-        shift = (nbits - 1 - i).astype(dtype)
-        out = []
-        for g, arrays in enumerate(groups):
-            cand = ans[g] | (one << shift)
-            ok = _count(arrays, lambda a, cand=cand: a < cand) <= ks[g] - 1
-            out.append(jnp.where(ok, cand, ans[g]))
-        return jnp.stack(out)
-
-    return lax.fori_loop(0, nbits, body, jnp.zeros((len(groups),), dtype))
+    return _masked_extreme(arrays, mask_fn, fill, jnp.max, jnp.maximum)
 
 
 def kth_smallest(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> jax.Array:
@@ -280,18 +293,18 @@ def kth_smallest(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> jax.Ar
     return lax.cond(jnp.any(open_), refine, lambda _: answer, None)
 
 
-def bottom_k(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> list[list[jax.Array]]:
-    """Boolean masks selecting exactly ``ks[g]`` lowest values of each group.
+def drop_bottom_k(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> list[list[jax.Array]]:
+    """Keep-masks that drop exactly ``ks[g]`` lowest values of each group.
 
     Ties at the k-th value are resolved by flat index inside the group (arrays concatenated
-    in order): the lowest indices are selected first.
+    in order): the lowest indices are dropped first.
 
     Args:
       groups: G groups of arrays from :func:`canonical`, all of one float dtype.
-      ks: int32 (G,) numbers of entries to select, each in [0, group size].
+      ks: int32 (G,) numbers of entries to drop, each in [0, group size].
 
     Returns:
-      For each group, a list of boolean arrays shaped like its arrays; True = selected.
+      For each group, a list of boolean arrays shaped like its arrays; False = dropped.
     """
     ks = jnp.asarray(ks, jnp.int32)
     t = kth_smallest(groups, ks)
@@ -300,34 +313,58 @@ def bottom_k(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> list[list[
     at_most = jnp.stack(
         [_count(arrays, lambda a, g=g: a <= t[g]) for g, arrays in enumerate(groups)]
     )
-    need = ks - below  # how many values equal to t must be selected
+    need = ks - below  # how many values equal to t must be dropped
     partial = jnp.any((need > 0) & (need < at_most - below))
 
     def no_partial_tie(_):
         return [
-            [(a < t[g]) | ((a == t[g]) & (need[g] > 0)) for a in arrays]
+            [(a > t[g]) | ((a == t[g]) & (need[g] <= 0)) for a in arrays]
             for g, arrays in enumerate(groups)
         ]
 
     def break_ties_by_index(_):
-        sizes = [sum(a.size for a in arrays) for arrays in groups]
-        idx_bits = max(1, max(sizes).bit_length())
-        sentinel = jnp.array(jnp.iinfo(jnp.uint32).max, jnp.uint32)
-        index_groups = []
+        # Drop the first `need` ties in flat order: count ties per block of _BLOCK entries
+        # (uint8), find the block where the running count reaches `need`, then the entry
+        # inside that one block. Temporaries stay small; no loop over index bits.
+        out = []
         for g, arrays in enumerate(groups):
-            offset, keys = 0, []
+            counts, starts, offset = [], [], 0
             for a in arrays:
-                flat = jnp.arange(a.size, dtype=jnp.uint32).reshape(a.shape) + jnp.uint32(offset)
-                keys.append(jnp.where(a == t[g], flat, sentinel))
+                flat = a.reshape(-1)
+                full = flat.size - flat.size % _BLOCK
+                if full:
+                    hits = (flat[:full] == t[g]).astype(jnp.uint8).reshape(-1, _BLOCK)
+                    counts.append(jnp.sum(hits, axis=1, dtype=jnp.uint8).astype(jnp.int32))
+                    starts.append(offset + _BLOCK * np.arange(full // _BLOCK, dtype=np.int64))
+                if full < flat.size:
+                    counts.append(jnp.sum(flat[full:] == t[g], dtype=jnp.int32)[None])
+                    starts.append(np.array([offset + full], np.int64))
+                offset += flat.size
+            running = jnp.cumsum(jnp.concatenate(counts))
+            block = jnp.argmax(running >= need[g])  # the block holding the need-th tie
+            before = jnp.where(block > 0, running[jnp.maximum(block - 1, 0)], 0)
+            block_start = jnp.asarray(np.concatenate(starts), jnp.int32)[block]
+            # Index of the need-th tie: scan the window of the array that holds the block.
+            last = jnp.int32(-1)
+            offset = 0
+            for a in arrays:
+                flat = a.reshape(-1)
+                width = min(_BLOCK, flat.size)
+                local = jnp.clip(block_start - offset, 0, flat.size - width)
+                window = lax.dynamic_slice(flat, (local,), (width,))
+                pos = local + jnp.arange(width, dtype=jnp.int32)
+                is_tie = (window == t[g]) & (pos >= block_start - offset)
+                hit = jnp.argmax(jnp.cumsum(is_tie) >= need[g] - before)
+                inside = (block_start >= offset) & (block_start < offset + flat.size)
+                last = jnp.where(inside, offset + local + hit.astype(jnp.int32), last)
+                offset += flat.size
+            keep, offset = [], 0
+            for a in arrays:
+                index = jnp.arange(a.size, dtype=jnp.int32).reshape(a.shape) + offset
+                dropped_tie = (index <= last) & (need[g] > 0)
+                keep.append((a > t[g]) | ((a == t[g]) & ~dropped_tie))
                 offset += a.size
-            index_groups.append(keys)
-        last = bitwise_kth_smallest(index_groups, need, idx_bits)
-        return [
-            [
-                (a < t[g]) | ((ik <= last[g]) & (need[g] > 0))
-                for a, ik in zip(arrays, iks, strict=True)
-            ]
-            for g, (arrays, iks) in enumerate(zip(groups, index_groups, strict=True))
-        ]
+            out.append(keep)
+        return out
 
     return lax.cond(partial, break_ties_by_index, no_partial_tie, None)

@@ -117,15 +117,15 @@ def _select_keep(
         scores = list(leaves)
     values = _canonical_group(scores)
     if global_scope:
-        (pruned,) = _select.bottom_k([values], ks)
+        (keep,) = _select.drop_bottom_k([values], ks)
     else:
-        pruned = [p for (p,) in _select.bottom_k([[v] for v in values], ks)]
+        keep = [m for (m,) in _select.drop_bottom_k([[v] for v in values], ks)]
     if isinstance(structure, Channels):
         return tuple(
-            _expand_channels(~p, jnp.shape(leaf), structure.axis)
-            for p, leaf in zip(pruned, leaves, strict=True)
+            _expand_channels(m, jnp.shape(leaf), structure.axis)
+            for m, leaf in zip(keep, leaves, strict=True)
         )
-    return tuple(~p for p in pruned)
+    return tuple(keep)
 
 
 _n_by_m_keep = jax.jit(_n_by_m_mask, static_argnames="structure")
