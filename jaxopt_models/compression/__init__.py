@@ -7,6 +7,7 @@
 - ``save_compressed`` / ``load_compressed``: sparse relative indices, codebooks, packed
   integers and Huffman coding in one checksummed binary file; ``size_report`` gives the
   bytes per layer after each stage.
+- ``slim``: structural slimming, removing the neurons / filters channel pruning zeroed.
 """
 
 from jaxopt_models.compression.bitpack import pack_bits as pack_bits
@@ -28,6 +29,10 @@ from jaxopt_models.compression.low_rank import rank_for_energy as rank_for_energ
 from jaxopt_models.compression.low_rank import reconstruct_low_rank as reconstruct_low_rank
 from jaxopt_models.compression.report import format_size_report as format_size_report
 from jaxopt_models.compression.report import size_report as size_report
+from jaxopt_models.compression.slim import Slimmed as Slimmed
+from jaxopt_models.compression.slim import layer_chain as layer_chain
+from jaxopt_models.compression.slim import rebuild_by_widths as rebuild_by_widths
+from jaxopt_models.compression.slim import slim as slim
 from jaxopt_models.compression.weight_sharing import SharedTensor as SharedTensor
 from jaxopt_models.compression.weight_sharing import ShareGradientsState as ShareGradientsState
 from jaxopt_models.compression.weight_sharing import centroid_gradients as centroid_gradients
