@@ -1,6 +1,17 @@
 """Training: state, optimizers, compiled steps and the experiment loop."""
 
 from jaxopt_models.training.checkpoint import Checkpointer as Checkpointer
+from jaxopt_models.training.compress import CompressedModel as CompressedModel
+from jaxopt_models.training.compress import compress_and_evaluate as compress_and_evaluate
+from jaxopt_models.training.compress import default_compress_config as default_compress_config
+from jaxopt_models.training.compress import layer_setting as layer_setting
+from jaxopt_models.training.compress import measure_latency as measure_latency
+from jaxopt_models.training.compress import (
+    validate_compress_config as validate_compress_config,
+)
+from jaxopt_models.training.compress_report import format_stage_table as format_stage_table
+from jaxopt_models.training.compress_report import pareto_front as pareto_front
+from jaxopt_models.training.compress_report import write_plots as write_plots
 from jaxopt_models.training.config import default_config as default_config
 from jaxopt_models.training.distill import Teacher as Teacher
 from jaxopt_models.training.distill import compute_teacher_logits as compute_teacher_logits

@@ -1,0 +1,323 @@
+"""End-to-end tests of the compression pipeline (training.compress) and experiments.compress."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxopt_models import compression, data, training
+from jaxopt_models.models import get_model
+from jaxopt_models.training import (
+    compress_and_evaluate,
+    format_stage_table,
+    layer_setting,
+    measure_latency,
+    pareto_front,
+    validate_compress_config,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPRESS_CONFIGS = [
+    "digits_deep_compression",
+    "fashion_mnist_lenet300_deep_compression",
+    "fashion_mnist_lenet5_deep_compression",
+]
+
+
+def load_config(name: str, variant: str = ""):
+    path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(variant)
+
+
+def _predict(model, variables, x):
+    return np.asarray(jnp.argmax(model.apply(variables, jnp.asarray(x), train=False), -1))
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """``python -m experiments.compress`` on the digits `quick` config, run once.
+
+    Stages: dense, pruned, shared, student, quantized, file.
+    """
+    workdir = str(tmp_path_factory.mktemp("digits_dc"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.compress",
+        "--config",
+        os.path.join(ROOT, "experiments/configs/digits_deep_compression.py") + ":quick",
+        "--workdir",
+        workdir,
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    return load_config("digits_deep_compression", "quick"), out.stdout, results, workdir
+
+
+def test_cli_prints_the_stage_table(digits_run):
+    _, stdout, results, _ = digits_run
+    for row in results["stages"]:
+        assert f"| {row['stage']}" in stdout
+    assert results["table"] in stdout
+    assert "predictions identical on all 359 test examples: True" in stdout
+    assert "file: " in stdout and "smaller than float32" in stdout  # the per-layer report
+
+
+def test_every_stage_is_reported_and_written(digits_run):
+    _, _, results, workdir = digits_run
+    stages = [r["stage"] for r in results["stages"]]
+    assert stages == ["dense", "pruned", "shared", "student", "quantized", "file"]
+    for name in ("stages.md", "results.json", "model.jxcf", *training.compress_report.PLOTS):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    for name in training.compress_report.PLOTS:
+        with open(os.path.join(workdir, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for stage in stages[:-1]:
+        path = os.path.join(workdir, "files", f"{stage}.jxcf")
+        assert os.path.getsize(path) == results["stages"][stages.index(stage)]["bytes"]
+    assert os.path.getsize(os.path.join(workdir, "model.jxcf")) == results["stages"][-1]["bytes"]
+    with open(os.path.join(workdir, "stages.md")) as f:
+        table = f.read()
+    assert table == results["table"]
+    for row in results["stages"]:
+        assert f"| {row['stage']}" in table
+        assert row["ratio"] == pytest.approx(results["float32_bytes"] / row["bytes"])
+        assert row["latency_ms"] > 0
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0
+    for sub in ("dense", "pruned", "shared", "student"):  # the training stages' logs
+        assert os.path.exists(os.path.join(workdir, sub, "metrics.jsonl")), sub
+    # Each stage makes the file smaller, except the float student before quantization.
+    b = {r["stage"]: r["bytes"] for r in results["stages"]}
+    assert b["dense"] > b["pruned"] > b["shared"] and b["student"] > b["quantized"] >= b["file"]
+    assert results["float32_bytes"] == 4 * 17_226
+
+
+def test_compressed_file_predicts_like_the_quantized_model(digits_run):
+    config, _, results, workdir = digits_run
+    ds = data.get_dataset("digits")
+    assert results["roundtrip"] == {
+        "path": os.path.join(workdir, "model.jxcf"),
+        "predictions_identical": True,
+        "num_test": len(ds.y_test),
+        "mismatches": 0,
+    }
+    rows = {r["stage"]: r for r in results["stages"]}
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+        assert rows["file"][key] == rows["quantized"][key]
+    # The saved student predicts as reported.
+    student = get_model("mlp", num_classes=10, features=tuple(config.student.model.features))
+    loaded = compression.load_compressed(os.path.join(workdir, "model.jxcf"))
+    pred = _predict(student, loaded, ds.x_test)
+    assert np.mean(pred == ds.y_test) == pytest.approx(rows["file"]["accuracy"])
+
+
+def test_corrupted_or_truncated_file_raises(digits_run, tmp_path):
+    _, _, _, workdir = digits_run
+    with open(os.path.join(workdir, "model.jxcf"), "rb") as f:
+        blob = bytearray(f.read())
+    blob[len(blob) // 2] ^= 0x10
+    bad = tmp_path / "bad.jxcf"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="checksum"):
+        compression.load_compressed(bad)
+    short = tmp_path / "short.jxcf"
+    short.write_bytes(bytes(blob[:-7]))
+    with pytest.raises(ValueError, match="truncated"):
+        compression.load_compressed(short)
+
+
+def test_pruned_and_shared_files_hold_the_targets(digits_run):
+    config, _, _, workdir = digits_run
+    pruned = compression.load_compressed(os.path.join(workdir, "files", "pruned.jxcf"))["params"]
+    shared = compression.load_compressed(os.path.join(workdir, "files", "shared.jxcf"))["params"]
+    targets = {"Dense_0": 0.9, "Dense_1": 0.9, "Dense_2": 0.7}  # the config's per-layer targets
+    assert config.prune.sparsity == 0.9 and dict(config.prune.layers) == {"Dense_2": 0.7}
+    for layer, s in targets.items():
+        k = np.asarray(pruned[layer]["kernel"])
+        zeros = k == 0
+        assert zeros.sum() >= round(s * k.size)  # exact per-layer sparsity (or more zeros)
+        assert zeros.sum() <= round(s * k.size) + 2
+        ks = np.asarray(shared[layer]["kernel"])
+        np.testing.assert_array_equal(ks[zeros], 0.0)  # pruned weights stay exactly zero
+        assert np.unique(ks).size <= 2**config.share.bits
+
+
+def test_final_file_holds_the_quantized_student(digits_run):
+    config, _, _, workdir = digits_run
+    params = compression.load_compressed(os.path.join(workdir, "model.jxcf"))["params"]
+    assert params["Dense_0"]["kernel"].shape == (64, config.student.model.features[0])
+    for layer in ("Dense_0", "Dense_1"):
+        for leaf, bits in (("kernel", config.quantize.bits), ("bias", config.quantize.bias_bits)):
+            w = np.asarray(params[layer][leaf], np.float64)
+            axis = 0 if leaf == "kernel" else None  # kernels: one scale per output channel
+            scale = np.abs(w).max(axis=axis) / (2 ** (bits - 1) - 1)
+            steps = w / np.where(scale > 0, scale, 1)
+            np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+            assert np.abs(np.round(steps)).max() <= 2 ** (bits - 1) - 1
+
+
+def test_conv_channel_pruning_slims_and_shares_per_kind(tmp_path):
+    """LeNet-style CNN on digits: channel pruning, slimming, 6-bit conv / 4-bit dense codes."""
+    c = load_config("digits_deep_compression", "quick")
+    c.model = {"name": "lenet5", "features": (6, 8), "padding": "SAME", "hidden": (16,)}
+    c.num_epochs = 2
+    c.prune.structure = "channels"
+    c.prune.sparsity = 0.5
+    c.prune.layers = {}
+    c.prune.slim = True
+    c.share.bits = 4
+    c.share.layers = {"Conv": 6}
+    c.student.enabled = False
+    c.sweep.sparsities = ()
+    c.sweep.bits = (3,)
+    final, results = compress_and_evaluate(c, str(tmp_path))
+    rows = {r["stage"]: r for r in results["stages"]}
+    assert list(rows) == ["dense", "pruned", "slimmed", "shared", "quantized", "file"]
+    assert rows["slimmed"]["params"] < rows["pruned"]["params"]
+    assert rows["slimmed"]["kept"]["Conv_1"] <= 8 and rows["slimmed"]["kept"]["Dense_0"] <= 16
+    # Slimming only removes zeros and constants: the same predictions up to rounding.
+    assert abs(rows["slimmed"]["accuracy"] - rows["pruned"]["accuracy"]) <= 2 / results["num_test"]
+    assert final.model.hidden == (rows["slimmed"]["kept"]["Dense_0"],)
+    logits_kernel = np.asarray(final.params["Dense_1"]["kernel"])  # the output layer stays
+    assert logits_kernel.shape[-1] == 10 and np.all(np.any(logits_kernel != 0, axis=0))
+    for layer, bits in (("Conv_0", 6), ("Conv_1", 6), ("Dense_0", 4), ("Dense_1", 4)):
+        s = final.shared[layer]["kernel"]
+        assert compression.is_shared(s) and s.codebook.shape == (2**bits,)
+    assert results["roundtrip"]["predictions_identical"]
+
+
+def test_lenet300_fashion_config_runs_on_tiny_data(tmp_path):
+    """The Fashion-MNIST LeNet-300-100 config end to end on a small fake IDX dataset."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 512), ("t10k", 128)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        images[np.arange(n), labels * 2, :] = 255
+        data.write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images)
+        data.write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+    c = load_config("fashion_mnist_lenet300_deep_compression", "quick")
+    c.dataset.data_dir = str(tmp_path)
+    c.dataset.num_train, c.dataset.num_test = 512, 128
+    c.sweep.bits = ()
+    final, results = compress_and_evaluate(c, None)
+    rows = {r["stage"]: r for r in results["stages"]}
+    assert list(rows) == ["dense", "pruned", "shared", "quantized", "file"]
+    k = np.asarray(final.params["Dense_0"]["kernel"])
+    assert (k == 0).sum() >= round(0.93 * k.size)
+    assert results["float32_bytes"] == 4 * 266_610
+    assert rows["file"]["ratio"] > 30
+
+
+@pytest.mark.parametrize("name", COMPRESS_CONFIGS)
+@pytest.mark.parametrize("variant", ["", "quick"])
+def test_configs_are_valid_for_their_models(name, variant):
+    c = load_config(name, variant)
+    ds_shape = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28, 1)}[c.dataset.name]
+    m = get_model(c.model.name, **training.model_kwargs(c, 10))
+    shapes = jax.eval_shape(lambda x: m.init(jax.random.key(0), x), jnp.zeros(ds_shape))
+    validate_compress_config(c, shapes["params"])
+    assert c.dataset.name in data.dataset_names()
+
+
+def test_config_errors():
+    c = load_config("digits_deep_compression", "quick")
+    c.prune.slim = True
+    with pytest.raises(ValueError, match="prune.slim=True needs prune.structure='channels'"):
+        validate_compress_config(c)
+    c = load_config("digits_deep_compression", "quick")
+    c.share.epochs = -1
+    with pytest.raises(ValueError, match="share.epochs=-1"):
+        validate_compress_config(c)
+    c = load_config("digits_deep_compression", "quick")
+    c.student.teacher = "oracle"
+    with pytest.raises(ValueError, match="student.teacher='oracle'"):
+        validate_compress_config(c)
+    c = load_config("digits_deep_compression", "quick")
+    c.prune.layers = {"Dense_7": 0.5}
+    params = {"Dense_0": {"kernel": jnp.zeros((2, 2))}}
+    with pytest.raises(ValueError, match=r"prune.layers names \['Dense_7'\]"):
+        validate_compress_config(c, params)
+    with pytest.raises(ValueError, match="config.prune is missing"):
+        validate_compress_config(training.default_config())
+    with pytest.raises(ValueError, match="variant='huge'"):
+        load_config("digits_deep_compression", "huge")
+
+
+def test_layer_setting_prefers_names_over_kinds():
+    m = {"Conv": 8, "Dense_1": 4}
+    assert layer_setting(m, 5, "Conv_3/kernel") == 8
+    assert layer_setting(m, 5, "Dense_1/kernel") == 4
+    assert layer_setting(m, 5, "Dense_0/kernel") == 5
+    assert layer_setting(None, 5, "Dense_0/kernel") == 5
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 50), st.floats(0, 1, allow_nan=False)), min_size=1, max_size=20
+    )
+)
+def test_pareto_front_is_exactly_the_undominated_points(pairs):
+    points = [{"bytes": b, "accuracy": a} for b, a in pairs]
+    front = pareto_front(points)
+    key = lambda p: (p["bytes"], p["accuracy"])
+
+    def dominated(p):
+        return any(
+            q["bytes"] <= p["bytes"] and q["accuracy"] >= p["accuracy"] and key(q) != key(p)
+            for q in points
+        )
+
+    assert len(set(front)) == len(front)
+    assert [points[i]["bytes"] for i in front] == sorted(points[i]["bytes"] for i in front)
+    accs = [points[i]["accuracy"] for i in front]
+    assert all(a < b for a, b in zip(accs[:-1], accs[1:], strict=True))
+    front_keys = {key(points[i]) for i in front}
+    for i, p in enumerate(points):
+        if i in front:
+            assert not dominated(p)
+        else:  # dominated, or an identical point is on the front
+            assert dominated(p) or key(p) in front_keys
+
+
+def test_format_stage_table():
+    row = {
+        "stage": "dense",
+        "accuracy": 0.91234,
+        "macro_precision": 0.9,
+        "macro_recall": 0.8,
+        "macro_f1": 0.85,
+        "params": 1234,
+        "nonzeros": 1000,
+        "bytes": 5000,
+        "ratio": 12.34,
+    }
+    table = format_stage_table([row, {**row, "stage": "file", "latency_ms": 1.5}])
+    lines = table.strip().split("\n")
+    assert len(lines) == 4 and lines[0].startswith("| stage")
+    assert "91.23" in lines[2] and "1,234" in lines[2] and "12.3x" in lines[2]
+    assert lines[2].rstrip().endswith("- |") and lines[3].rstrip().endswith("1.500 |")
+
+
+def test_measure_latency_times_every_model():
+    f = lambda v, x, train=False: x @ v
+    out = measure_latency(
+        {"a": (f, jnp.ones((4, 2))), "b": (f, jnp.ones((4, 3)))}, np.ones((2, 4)), rounds=2, iters=1
+    )
+    assert set(out) == {"a", "b"} and all(t > 0 for t in out.values())
+    with pytest.raises(ValueError, match="rounds=0"):
+        measure_latency({"a": (f, jnp.ones((4, 2)))}, np.ones((2, 4)), rounds=0, iters=1)
