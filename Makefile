@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments.train --config experiments/configs/digits_mlp.py --workdir runs/demo
+	$(PY) -m experiments.compress --config experiments/configs/digits_deep_compression.py --workdir runs/demo
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist loadfile
