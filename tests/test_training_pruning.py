@@ -174,6 +174,12 @@ def test_config_errors_name_the_field(field, value, match):
 
 
 def test_config_errors_for_combinations():
+    c = _config(method="magnitude", layer_sparsity={"Dense_0": 1.5})
+    with pytest.raises(ValueError, match=r"config.pruning.layer_sparsity\['Dense_0'\]=1.5"):
+        training.make_pruning(c, total_steps=100)
+    c = _config(method="magnitude", layer_sparsity={"Dense_0": 0.5}, distribution="erk")
+    with pytest.raises(ValueError, match="layer_sparsity needs config.pruning.scope='layer'"):
+        training.make_pruning(c, total_steps=100)
     c = _config(method="magnitude", begin_step=60, end_step=40)
     with pytest.raises(ValueError, match="begins at step 60 after it ends at step 40"):
         training.make_pruning(c, total_steps=100)
@@ -252,3 +258,19 @@ def test_prune_state_is_found_in_the_optimizer_state():
     tx = optax.chain(optax.adam(1e-3), pruning.prune("magnitude", 0.5))
     assert isinstance(training.find_prune_state(tx.init(params)), pruning.PruneState)
     assert training.find_prune_state(optax.adam(1e-3).init(params)) is None
+
+
+def test_per_layer_distribution_dict_from_the_config():
+    params = {
+        "Dense_0": {"kernel": jnp.arange(1.0, 41.0).reshape(8, 5), "bias": jnp.ones(5)},
+        "Dense_1": {"kernel": jnp.arange(1.0, 11.0).reshape(5, 2), "bias": jnp.ones(2)},
+    }
+    c = _config(method="magnitude", sparsity=0.8, schedule="constant")
+    c.pruning.layer_sparsity = {"Dense_0": 0.5}  # Dense_1 follows the schedule (0.8)
+    tx = training.with_pruning(optax.sgd(0.0), c, total_steps=10)
+    state = tx.init(params)
+    updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    new = optax.apply_updates(params, updates)
+    assert int((np.asarray(new["Dense_0"]["kernel"]) == 0).sum()) == 20
+    assert int((np.asarray(new["Dense_1"]["kernel"]) == 0).sum()) == 8
+    np.testing.assert_array_equal(np.asarray(new["Dense_1"]["kernel"]).ravel()[-2:], [9.0, 10.0])

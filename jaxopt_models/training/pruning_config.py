@@ -9,7 +9,6 @@ state, so any config prunes by setting a few fields:
   config.pruning.schedule = "polynomial"   # Zhu & Gupta, from begin to end, every frequency
 """
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -53,7 +52,11 @@ def default_pruning_config() -> ml_collections.ConfigDict:
         ``"n:m"`` string such as ``"2:4"``.
       structure_axis: the axis of the ``"n:m"`` groups / the channel axis (default -1;
         ``-2`` puts N:M groups on the input axis of Dense and Conv kernels).
-      distribution: ``"uniform"``, ``"erk"`` or a dict ``{layer path pattern: sparsity}``.
+      distribution: ``"uniform"`` or ``"erk"`` (Erdős–Rényi-kernel: larger layers sparser).
+      layer_sparsity: ``{layer path pattern: sparsity}`` for single layers (e.g.
+        ``{"Dense_2": 0.5}``; a pattern matches a contiguous run of path components), with
+        ``distribution="uniform"`` and ``scope="layer"``: listed layers are pruned to their
+        value at the first mask update, the others follow the schedule.
       seed: seed of the random scorer (``None``: the config's ``seed``).
 
     Example:
@@ -76,6 +79,7 @@ def default_pruning_config() -> ml_collections.ConfigDict:
     c.structure = "unstructured"
     c.structure_axis = -1
     c.distribution = "uniform"
+    c.layer_sparsity = ml_collections.ConfigDict()
     c.seed = config_dict.placeholder(int)
     return c
 
@@ -244,18 +248,31 @@ def make_pruning(config, total_steps: int) -> optax.GradientTransformationExtraA
     elif isinstance(structure, pruning.Channels):
         structure = pruning.channels(axis, structure.norm)
     distribution = _get(section, "distribution", "uniform")
-    if hasattr(distribution, "to_dict"):
-        distribution = distribution.to_dict()
-    if not isinstance(distribution, Mapping) and distribution not in PRUNING_DISTRIBUTIONS:
+    if distribution not in PRUNING_DISTRIBUTIONS:
         raise ValueError(
             f"config.pruning.distribution={distribution!r} is not known; allowed values: "
-            f"{PRUNING_DISTRIBUTIONS} or a dict {{layer path pattern: sparsity}}"
+            f"{PRUNING_DISTRIBUTIONS}"
         )
     if scope == "global" and distribution != "uniform":
         raise ValueError(
             f"config.pruning.scope='global' needs config.pruning.distribution='uniform', "
             f"got {distribution!r}"
         )
+    layers = _get(section, "layer_sparsity", {})
+    layers = layers.to_dict() if hasattr(layers, "to_dict") else dict(layers)
+    if layers:
+        if scope != "layer" or distribution != "uniform":
+            raise ValueError(
+                "config.pruning.layer_sparsity needs config.pruning.scope='layer' and "
+                f"distribution='uniform', got scope={scope!r}, distribution={distribution!r}"
+            )
+        for key, value in layers.items():
+            ok = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not (ok and 0.0 <= value < 1.0):
+                raise ValueError(
+                    f"config.pruning.layer_sparsity[{key!r}]={value!r} must be a number in [0, 1)"
+                )
+        distribution = layers
     seed = _get(section, "seed", config.get("seed", 0) if hasattr(config, "get") else 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"config.pruning.seed={seed!r} must be an int or None")
