@@ -87,6 +87,10 @@ def test_pruned_weights_stay_exactly_zero_for_200_steps(name):
             assert (w[m] != 0.0).all()  # kept weights are trained, not zeroed
         previous = masks
         assert int(prune_state.count) == t + 1
+        # Exactly round(schedule(t) * n) zeros per kernel (float32, as in the step).
+        s = np.float32(schedule(t))
+        for w in kernels(params):
+            assert int((np.asarray(w) == 0).sum()) == int(np.round(s * np.float32(w.size)))
     assert mask_changes >= 9
     assert float(state[-1].sparsity) == pytest.approx(0.9)
     for w in kernels(params):
