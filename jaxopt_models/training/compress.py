@@ -301,7 +301,8 @@ def _encoded_size(cur: CompressedModel, huffman: bool = True) -> int:
 
 
 def _counts(cur: CompressedModel) -> tuple[int, int]:
-    leaves = jax.tree.leaves(cur.variables)
+    """Parameters and nonzero parameters (running statistics are not parameters)."""
+    leaves = jax.tree.leaves(cur.params)
     return int(sum(x.size for x in leaves)), int(sum(int(jnp.count_nonzero(x)) for x in leaves))
 
 
@@ -509,7 +510,7 @@ def _prune_stage(run: _Run, cur: CompressedModel) -> CompressedModel:
     sizes = {p: int(np.prod(jnp.shape(x))) for p, x in _named(cur.params) if p in targets}
     curve = []
     for rec in results["history"]:
-        s = float(schedule(rec["step"] - 1))
+        s = float(schedule(rec["step"]))  # after n updates the masks hold schedule(n)
         level = sum(sizes[p] * s * t / final for p, t in targets.items()) / sum(sizes.values())
         curve.append({"epoch": rec["epoch"], "sparsity": level, "accuracy": rec["test_accuracy"]})
     run.curves["gradual_pruning"] = curve
