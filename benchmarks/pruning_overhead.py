@@ -8,6 +8,8 @@ interleaved rounds, medians:
 - ``gradual10``: ``chain(adam, prune("magnitude", polynomial(0.9, 0, N, frequency=10)))``
   with N = the number of timed steps, so the masks are recomputed every 10 steps while the
   sparsity ramps from 0 to 90% during the measurement;
+- ``keep_masks``: ``chain(adam, keep_masks(masks))``, 90% masks fixed up front (the floor:
+  no schedule and no recomputation branch in the step);
 - one jitted ``compute_masks(magnitude_scores(params), s)`` with a traced ``s`` (as inside
   the step), on the dense initial weights at 90% and on 80%-pruned weights at 85% (the
   gradual regime), plus a full-argsort recomputation for reference.
@@ -94,6 +96,7 @@ def main():
     params = model.init(kp, x[:1])["params"]
 
     adam = lambda: optax.adam(1e-3)
+    fixed_masks = pruning.compute_masks(pruning.magnitude_scores(params), SPARSITY)
     gradual = pruning.polynomial(SPARSITY, begin_step=0, end_step=timed_steps, frequency=10)
     runs = {
         "dense": stepper(model, adam(), params, x, y),
@@ -106,6 +109,10 @@ def main():
         ),
         "gradual10": stepper(
             model, optax.chain(adam(), pruning.prune("magnitude", gradual)), params, x, y
+        ),
+        # The floor for a fixed mask: no schedule, no in-step recomputation branch.
+        "keep_masks": stepper(
+            model, optax.chain(adam(), pruning.keep_masks(fixed_masks)), params, x, y
         ),
     }
     # time_interleaved warms up with 2 calls each; the gradual run then ramps over the timed
@@ -162,6 +169,7 @@ def main():
             "mask_recompute_ms": round(recompute_ms, 3),
             "dense_step_ms": round(1e3 * dense, 3),
             "argsort_recompute_ms": round(1e3 * median(masks["argsort_recompute"]), 3),
+            "keep_masks_ratio": round(median(steps["keep_masks"]) / dense, 4),
         }
     )
 
