@@ -192,47 +192,55 @@ def write_plots(results: dict[str, Any], directory: str) -> list[str]:
     _save_png(fig, paths[-1])
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
     points = results.get("points", [])
+    front = [points[i] for i in pareto_front(points)]
     kinds = []
     for p in points:
         if p["kind"] not in kinds:
             kinds.append(p["kind"])
-    for kind in kinds:
-        pts = [p for p in points if p["kind"] == kind]
-        ax.plot(
-            [p["bytes"] for p in pts],
-            [100 * p["accuracy"] for p in pts],
-            "*" if kind == "stage" else "o",
-            ms=10 if kind == "stage" else 5,
-            label=kind,
-            alpha=0.85,
-        )
-        if kind == "stage":
-            for p in pts:
-                ax.annotate(
-                    p["label"],
-                    (p["bytes"], 100 * p["accuracy"]),
-                    fontsize=7,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                )
-    front = [points[i] for i in pareto_front(points)]
-    if front:
-        ax.step(
-            [p["bytes"] for p in front],
-            [100 * p["accuracy"] for p in front],
-            "k-",
-            where="post",
-            lw=1,
-            label="Pareto front",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes on disk (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy vs size")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, zoom in zip(axes, (False, True), strict=True):
+        for kind in kinds:
+            pts = [p for p in points if p["kind"] == kind]
+            ax.plot(
+                [p["bytes"] for p in pts],
+                [100 * p["accuracy"] for p in pts],
+                "*" if kind == "stage" else "o",
+                ms=10 if kind == "stage" else 5,
+                label=kind,
+                alpha=0.85,
+            )
+        if front:
+            ax.step(
+                [p["bytes"] for p in front],
+                [100 * p["accuracy"] for p in front],
+                "k-",
+                where="post",
+                lw=1,
+                label="Pareto front",
+            )
+        stage_pts = sorted((p for p in points if p["kind"] == "stage"), key=lambda p: p["bytes"])
+        for i, p in enumerate(stage_pts):  # staggered labels: neighbouring stages overlap
+            ax.annotate(
+                p["label"],
+                (p["bytes"], 100 * p["accuracy"]),
+                fontsize=7,
+                xytext=(3, 4 + 9 * (i % 3)),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes on disk (log scale)")
+        ax.grid(alpha=0.3, which="both")
+        if zoom and dense_acc is not None:  # the region within 5 points of the dense model
+            near = [100 * p["accuracy"] for p in points if 100 * p["accuracy"] >= dense_acc - 5]
+            ax.set_ylim(min(near) - 0.5, max(near) + 1.0)
+            near_bytes = [p["bytes"] for p in points if 100 * p["accuracy"] >= dense_acc - 5]
+            ax.set_xlim(min(near_bytes) / 1.3, max(near_bytes) * 1.3)
+            ax.set_title("zoom: within 5 points of the dense model")
+        else:
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title("Accuracy vs size")
+            ax.legend(fontsize=8)
     paths.append(os.path.join(directory, PLOTS[2]))
     _save_png(fig, paths[-1])
     plt.close(fig)
