@@ -241,3 +241,22 @@ def test_errors_are_clear():
         prune("magnitude", 0.5, structure=n_by_m(1, 3)).init(params)
     with pytest.raises(ValueError, match="does not match params tree"):
         keep_masks({"Dense_0": None}).init(params)
+
+
+def test_fixed_schedules_compute_masks_in_init_and_step_without_a_branch():
+    params = init_params()
+    grads = jax.tree.map(jnp.ones_like, params)
+    dynamic = prune("magnitude", lambda t: jnp.float32(0.6))  # no constant_sparsity marker
+    results = {}
+    for name, tx in {
+        "number": prune("magnitude", 0.6),
+        "one_shot0": prune("magnitude", one_shot(0.6)),
+        "dynamic": dynamic,
+    }.items():
+        state = tx.init(params)
+        has_cond = " cond[" in str(jax.make_jaxpr(tx.update)(grads, state, params))
+        assert has_cond == (name == "dynamic"), name
+        _, state = jax.jit(tx.update)(grads, state, params)
+        results[name] = state.masks
+    jax.tree.map(np.testing.assert_array_equal, results["number"], results["dynamic"])
+    jax.tree.map(np.testing.assert_array_equal, results["one_shot0"], results["dynamic"])

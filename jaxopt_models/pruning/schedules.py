@@ -1,7 +1,9 @@
 """Sparsity schedules: ``step -> sparsity`` functions written in ``jnp`` (jit-friendly).
 
 The :func:`prune` transform recomputes masks on the steps where the schedule's value
-changes, so a schedule's steps are also its mask-update steps.
+changes, so a schedule's steps are also its mask-update steps. Schedules that never change
+(:func:`constant`, :func:`one_shot` at step 0) carry a ``constant_sparsity`` attribute; for
+them :func:`prune` computes the masks once, in ``init``, and its update has no branch.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def constant(sparsity: float) -> Schedule:
         del step
         return jnp.asarray(sparsity, jnp.float32)
 
+    schedule.constant_sparsity = sparsity
     return schedule
 
 
@@ -75,6 +78,8 @@ def one_shot(sparsity: float, step: int = 0) -> Schedule:
     def schedule(t):
         return jnp.where(jnp.asarray(t) >= step, jnp.float32(sparsity), jnp.float32(0.0))
 
+    if step == 0:
+        schedule.constant_sparsity = sparsity
     return schedule
 
 

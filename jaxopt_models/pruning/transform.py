@@ -80,6 +80,9 @@ def prune(
     after ``optax.apply_updates`` every pruned weight is ``w + (-w) == 0.0`` exactly: no
     extra call, and momentum, Adam moments or weight decay accumulated upstream can never
     revive a pruned weight. Chain it *after* the optimizer (nothing may rescale its output).
+    With a schedule that never changes (a number, :func:`constant`, :func:`one_shot` at
+    step 0) and the ``"magnitude"`` or ``"random"`` scorer, ``init`` computes the masks
+    from the params it is given and the update is just the masking (no branch in the step).
 
     Args:
       scorer: ``"magnitude"``, ``"random"``, ``"saliency"`` or a callable
@@ -136,15 +139,30 @@ def prune(
             distribution=distribution,
         )
 
+    # A schedule that never changes (constant, one_shot at step 0) scored without gradients
+    # needs its masks only once: init computes them and the update has no branch at all.
+    fixed = getattr(schedule, "constant_sparsity", None)
+    if not (isinstance(scorer, str) and scorer in ("magnitude", "random")):
+        fixed = None
+
     def init_fn(params: PyTree) -> PruneState:
         # Validates structure / distribution against the params once, eagerly (shapes only).
         jax.eval_shape(lambda p: make_masks(p, jnp.float32(0.5)), params)
         masks = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+        if fixed is not None:
+            key = jax.random.fold_in(jax.random.key(seed), 0)
+            new = make_masks(score_fn(params, None, key), fixed)
+            masks = jax.tree.map(lambda m: jnp.asarray(m, bool), new)
+            return PruneState(jnp.zeros([], jnp.int32), jnp.asarray(fixed, jnp.float32), masks)
         return PruneState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32), masks)
 
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
             raise ValueError("prune needs params: call update(updates, state, params).")
+        flags = _prunable_flags(params, filter_fn)
+        if fixed is not None:
+            new_updates = _masked_updates(updates, params, state.masks, flags)
+            return new_updates, PruneState(state.count + 1, state.sparsity, state.masks)
         grads = extra_args.get("grads", updates)
         target = jnp.asarray(schedule(state.count), jnp.float32)
 
@@ -154,7 +172,6 @@ def prune(
             return jax.tree.map(lambda m, old: m.astype(old.dtype), new, state.masks)
 
         masks = lax.cond(target != state.sparsity, recompute, lambda _: state.masks, None)
-        flags = _prunable_flags(params, filter_fn)
         new_updates = _masked_updates(updates, params, masks, flags)
         return new_updates, PruneState(state.count + 1, target, masks)
 
