@@ -20,8 +20,10 @@ from jaxopt_models.compression import format_size_report
 from jaxopt_models.training import compress_and_evaluate
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for the table, results, files and plots.")
-config_flags.DEFINE_config_file("config", None, "Compression config file.", lock_config=True)
+if "workdir" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_string("workdir", None, "Directory for the table, results, files and plots.")
+if "config" not in FLAGS:  # several experiment modules may share a process
+    config_flags.DEFINE_config_file("config", None, "Compression config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -14,9 +14,12 @@ from jaxopt_models.metrics import kfold_cross_validate
 from jaxopt_models.training import atomic_write_json
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for per-fold outputs and cv.json.")
-flags.DEFINE_integer("k", 5, "Number of folds (>= 2).")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+if "workdir" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_string("workdir", None, "Directory for per-fold outputs and cv.json.")
+if "k" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_integer("k", 5, "Number of folds (>= 2).")
+if "config" not in FLAGS:  # several experiment modules may share a process
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

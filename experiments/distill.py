@@ -40,9 +40,12 @@ from jaxopt_models.training import (
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for the teacher, student and summary outputs.")
-flags.DEFINE_string("teacher_dir", None, "Load the teacher saved in this directory.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+if "workdir" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_string("workdir", None, "Directory for the teacher, student and summary outputs.")
+if "teacher_dir" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_string("teacher_dir", None, "Load the teacher saved in this directory.")
+if "config" not in FLAGS:  # several experiment modules may share a process
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 TEACHER_FILE = "variables.msgpack"

@@ -44,8 +44,10 @@ from jaxopt_models.training import (
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for the per-round results and summary.json.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+if "workdir" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_string("workdir", None, "Directory for the per-round results and summary.json.")
+if "config" not in FLAGS:  # several experiment modules may share a process
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -47,9 +47,12 @@ from jaxopt_models.training.int8_inference import (
 from jaxopt_models.training.quant_config import quantization_enabled
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for the runs and summary.json.")
-flags.DEFINE_string("float_dir", None, "Reuse the float model saved in this directory.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+if "workdir" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_string("workdir", None, "Directory for the runs and summary.json.")
+if "float_dir" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_string("float_dir", None, "Reuse the float model saved in this directory.")
+if "config" not in FLAGS:  # several experiment modules may share a process
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 VARIABLES_FILE = "variables.msgpack"

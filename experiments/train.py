@@ -18,9 +18,12 @@ from jaxopt_models.training import print_results, train_and_evaluate
 from jaxopt_models.training.distributed import initialize_distributed
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl and results.json.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in the workdir.")
+if "workdir" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl and results.json.")
+if "config" not in FLAGS:  # several experiment modules may share a process
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+if "resume" not in FLAGS:  # several experiment modules may share a process
+    flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in the workdir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -38,7 +38,9 @@ def np_quantize(x, bits, symmetric, axis=None, group_size=None, group_axis=None)
         qmax = max(2 ** (bits - 1) - 1, 1)
         amax = np.maximum(np.abs(lo), np.abs(hi))
         scale = amax if bits == 1 else amax / qmax
-        scale = np.where(scale > 0, scale, 1.0)
+        # float32 scales below the smallest normal number flush to zero on XLA (FTZ),
+        # which the library treats as a degenerate range (scale 1.0)
+        scale = np.where(scale >= np.finfo(np.float32).tiny, scale, 1.0)
         if bits == 1:
             q = np.where(xg >= 0, 1, -1)
         else:
@@ -47,7 +49,9 @@ def np_quantize(x, bits, symmetric, axis=None, group_size=None, group_axis=None)
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
     scale = (hi - lo) / (2**bits - 1)
-    scale = np.where(scale > 0, scale, 1.0)
+    # float32 scales below the smallest normal number flush to zero on XLA (FTZ),
+    # which the library treats as a degenerate range (scale 1.0)
+    scale = np.where(scale >= np.finfo(np.float32).tiny, scale, 1.0)
     zp = np.clip(qmin - np.round(lo / scale), qmin, qmax)
     q = np.clip(np.round(xg / scale) + zp, qmin, qmax)
     return q, scale, zp
