@@ -203,12 +203,12 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 @functools.lru_cache(maxsize=4)
 def _mnist1d_cached(num_samples: int, seed: int) -> Dataset:
-    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d import data as generator  # make_dataset only: nothing is downloaded
 
-    args = get_dataset_args()
+    args = generator.get_dataset_args()  # the package's default generation arguments
     args.num_samples = num_samples
     args.seed = seed
-    data = make_dataset(args)  # generated locally; never downloads
+    data = generator.make_dataset(args)  # generated locally; never downloads
     x_train = np.asarray(data["x"], np.float32)
     x_test = np.asarray(data["x_test"], np.float32)
     x_train, x_test = _standardize(x_train, x_test)
