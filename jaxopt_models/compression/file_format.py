@@ -40,7 +40,6 @@ record raise ``ValueError`` naming the file, never return garbage weights.
 """
 
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -52,6 +51,7 @@ from jaxopt_models.compression import huffman as _hf
 from jaxopt_models.compression._tree import aligned, named_leaves
 from jaxopt_models.compression.bitpack import bit_width, pack_bits, packed_size, unpack_bits
 from jaxopt_models.compression.weight_sharing import is_shared
+from jaxopt_models.fileio import atomic_write_bytes
 from jaxopt_models.typing import PyTree
 
 MAGIC = b"JXCF"
@@ -809,19 +809,7 @@ def save_compressed(
     data = encode_compressed(
         params, masks=masks, shared=shared, quantized=quantized, huffman=huffman, check=check
     )
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jxcf", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
     return len(data)
 
 

@@ -2,10 +2,13 @@
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from jaxopt_models.fileio import atomic_write_bytes
+
+__all__ = ["append_jsonl", "atomic_write_bytes", "atomic_write_json"]
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -21,23 +24,6 @@ def _to_jsonable(obj: Any) -> Any:
     if hasattr(obj, "to_dict"):
         return _to_jsonable(obj.to_dict())
     return obj
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file in the same directory + rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
