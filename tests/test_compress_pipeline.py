@@ -1,6 +1,5 @@
 """End-to-end tests of the compression pipeline (training.compress) and experiments.compress."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import ROOT, load_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,20 +24,11 @@ from jaxopt_models.training import (
     validate_compress_config,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPRESS_CONFIGS = [
     "digits_deep_compression",
     "fashion_mnist_lenet300_deep_compression",
     "fashion_mnist_lenet5_deep_compression",
 ]
-
-
-def load_config(name: str, variant: str = ""):
-    path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
 
 
 def _predict(model, variables, x):

@@ -5,24 +5,17 @@ import json
 import jax
 import numpy as np
 import pytest
+from _helpers import write_fake_fashion_mnist
 
 from experiments import lottery
 from experiments.configs import fashion_mnist_lenet300_lottery, fashion_mnist_lenet300_prune
-from jaxopt_models import data, training
+from jaxopt_models import training
 
 
 @pytest.fixture(scope="module")
 def fake_idx_dir(tmp_path_factory):
     """128 train / 64 test fake Fashion-MNIST images with a learnable class signal."""
-    d = tmp_path_factory.mktemp("fake_fashion_pruning")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 128), ("t10k", 64)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        images[np.arange(n), labels * 2, :] = 255
-        data.write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        data.write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
-    return str(d)
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fake_fashion_pruning"), 128, 64)
 
 
 def _tiny(c, data_dir):

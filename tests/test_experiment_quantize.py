@@ -1,14 +1,12 @@
 """End-to-end smoke tests of ``experiments/quantize.py`` and its configs on tiny data."""
 
-import importlib.util
 import json
 import os
 
-import numpy as np
 import pytest
+from _helpers import load_config, write_fake_fashion_mnist
 
 from experiments import quantize
-from jaxopt_models import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [
@@ -18,29 +16,13 @@ CONFIGS = [
 ]
 
 
-def load_config(name: str, variant: str = "quick"):
-    path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
-
-
 @pytest.fixture(scope="module")
 def fake_idx_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fake_fashion_quant")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 256), ("t10k", 128)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        images[np.arange(n), labels * 2, :] = 255  # a learnable class signal
-        data.write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        data.write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
-    return str(d)
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fake_fashion_quant"), 256, 128)
 
 
 def tiny(name: str, data_dir: str):
-    c = load_config(name)
+    c = load_config(name, "quick")
     c.dataset.data_dir = data_dir
     c.dataset.num_train = 256
     c.dataset.num_test = 128

@@ -1,18 +1,16 @@
 """End-to-end smoke tests of every experiment config and of the ``experiments.train`` CLI."""
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+from _helpers import ROOT, load_config, write_fake_fashion_mnist
 
 from jaxopt_models import data, training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIGS = [
     "digits_mlp",
     "fashion_mnist_lenet300",
@@ -23,28 +21,9 @@ TRAIN_CONFIGS = [
 ]
 
 
-def load_config(name: str, variant: str = ""):
-    path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    try:
-        return mod.get_config(variant) if variant else mod.get_config()
-    except TypeError:
-        return mod.get_config()
-
-
 @pytest.fixture(scope="module")
 def fake_idx_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fake_fashion")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 256), ("t10k", 64)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        images[np.arange(n), labels * 2, :] = 255  # a learnable class signal
-        data.write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        data.write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
-    return str(d)
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fake_fashion"), 256, 64)
 
 
 def test_every_config_file_loads():
