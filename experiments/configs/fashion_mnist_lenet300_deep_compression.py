@@ -37,8 +37,13 @@ def get_config(variant: str = ""):
     c.quantize.bias_bits = 8
     c.sweep.sparsities = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
     c.sweep.bits = (1, 2, 3, 4, 5, 6, 8)
+    return apply_variant(c, variant, quick_num_train=2000)
+
+
+def apply_variant(c, variant: str, *, quick_num_train: int):
+    """``variant="quick"``: a minute-long smoke run on ``quick_num_train`` images."""
     if variant == "quick":
-        c.dataset.num_train = 2000
+        c.dataset.num_train = quick_num_train
         c.dataset.num_test = 500
         c.num_epochs = 1
         c.prune.epochs = 1
