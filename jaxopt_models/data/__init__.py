@@ -1,5 +1,9 @@
-"""Offline data sources, the IDX reader and deterministic batching."""
+"""Offline data sources, the IDX reader, deterministic batching and augmentation."""
 
+from jaxopt_models.data.augment import SHIFT_MODES as SHIFT_MODES
+from jaxopt_models.data.augment import make_augment as make_augment
+from jaxopt_models.data.augment import random_flip as random_flip
+from jaxopt_models.data.augment import random_shift as random_shift
 from jaxopt_models.data.batching import epoch_permutation as epoch_permutation
 from jaxopt_models.data.batching import eval_batches as eval_batches
 from jaxopt_models.data.batching import steps_per_epoch as steps_per_epoch
