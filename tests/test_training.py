@@ -3,6 +3,7 @@ import json
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -113,6 +114,29 @@ def test_params_fn_is_applied_inside_the_loss():
     assert float(m["loss"]) == pytest.approx(np.log(10), rel=1e-5)  # zero params: uniform
 
 
+def test_augment_fn_runs_on_the_batch_inside_the_step_with_a_derived_key():
+    from jaxopt_models.data import make_augment
+    from jaxopt_models.training.steps import augment_images, step_rng
+
+    model = models.MLP(features=(16,), num_classes=10, dropout_rate=0.3)
+    state = _state(model=model, tx=optax.sgd(0.1))
+    batch = _batch(8)
+    aug = make_augment(shift=1, flip=True)
+    augmented, m_aug = training.make_train_step(augment_fn=aug, donate=False)(state, batch)
+    # the same update as a plain step on the batch that augmentation produces
+    x = augment_images(step_rng(state), jnp.asarray(batch["image"]), aug)
+    assert not np.array_equal(np.asarray(x), batch["image"])
+    plain, m_plain = training.make_train_step(donate=False)(state, {**batch, "image": x})
+    chex.assert_trees_all_close(augmented.params, plain.params, rtol=1e-6, atol=1e-7)
+    assert float(m_aug["loss"]) == pytest.approx(float(m_plain["loss"]), rel=1e-6)
+    # an identity augmentation leaves the update bitwise as it was (same dropout key)
+    ident, _ = training.make_train_step(augment_fn=lambda k, x: x, donate=False)(state, batch)
+    base, _ = training.make_train_step(donate=False)(state, batch)
+    chex.assert_trees_all_equal(ident.params, base.params)
+    with pytest.raises(TypeError, match="augment_fn configure the default train_step"):
+        training.make_train_step(training.train_step, augment_fn=aug)
+
+
 def _tiny_config(**overrides):
     c = training.default_config()
     c.dataset.name = "digits"
@@ -140,6 +164,25 @@ def test_train_and_evaluate_writes_results(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[-1])["epoch"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_train_and_evaluate_with_augmentation_and_its_config_errors():
+    c = _tiny_config()
+    c.augment.shift = 1  # (flips do not preserve digit labels)
+    _, plain = training.train_and_evaluate(_tiny_config(), None)
+    _, augmented = training.train_and_evaluate(c, None)
+    assert augmented["test_accuracy"] > 0.5
+    assert augmented["test_loss"] != plain["test_loss"]
+    for field, value, match in (
+        ("shift", -1, "config.augment: augment shift must be an int >= 0"),
+        ("flip", "yes", "config.augment: augment flip must be True or False"),
+        ("mode", "wrap", r"config.augment: augment mode='wrap' is not one of"),
+    ):
+        bad = _tiny_config(num_epochs=1)
+        fields = {"shift": 0, "flip": False, "mode": "edge", field: value}
+        bad.augment = ml_collections.ConfigDict(fields)  # (a typed field would refuse "yes")
+        with pytest.raises(ValueError, match=match):
+            training.train_and_evaluate(bad, None)
 
 
 def test_train_and_evaluate_is_reproducible():

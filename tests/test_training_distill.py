@@ -152,6 +152,53 @@ def test_online_and_precomputed_steps_give_the_same_update():
     assert int(s1.step) == int(s2.step) == 1
 
 
+def test_teacher_labels_the_same_augmented_images_the_student_sees():
+    from jaxopt_models.data import make_augment
+    from jaxopt_models.training.steps import augment_images, step_rng
+
+    ds = small_digits()
+    teacher = bn_teacher()
+    loss_fn = training.make_distill_loss(temperature=2.0, alpha=0.7)
+    aug = make_augment(shift=1, flip=True)
+    batch = batch_of(ds, start=32)
+    s0 = make_student(ds)
+    online = training.make_distill_train_step(
+        loss_fn=loss_fn, teacher_apply_fn=teacher.apply_fn, augment_fn=aug, donate=False
+    )
+    s1, m1 = online(s0, batch, teacher.variables)
+    # reference: augment by hand, let the teacher label those images, precomputed step
+    x = np.asarray(augment_images(step_rng(s0), jnp.asarray(batch["image"]), aug))
+    assert not np.array_equal(x, batch["image"])
+    t_logits = training.compute_teacher_logits(teacher, x, batch_size=32)
+    pre = training.make_precomputed_distill_train_step(loss_fn=loss_fn, donate=False)
+    idx = np.arange(32, dtype=np.int32)
+    s2, m2 = pre(s0, {"index": idx, "label": batch["label"]}, x, t_logits)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # precomputed logits belong to un-augmented images: augmenting them is an error
+    with pytest.raises(ValueError, match="augment_fn needs the teacher inside the step"):
+        training.distill_train_step(
+            s0, {**batch, "teacher_logits": t_logits}, loss_fn=loss_fn, augment_fn=aug
+        )
+
+
+def test_train_and_distill_with_augmentation_runs_the_teacher_in_the_step(tmp_path):
+    ds = small_digits()
+    teacher = bn_teacher()
+    before = snapshot(teacher.variables)
+    config = student_config(precompute_teacher=False, temperature=2.0)
+    config.augment.shift = 1
+    _, res = training.train_and_distill(config, str(tmp_path), teacher=teacher, dataset=ds)
+    assert res["distill"]["augment"] is True
+    assert res["distill"]["precomputed_teacher_logits"] is False
+    assert_trees_bitwise_equal(snapshot(teacher.variables), before)
+    on = student_config(precompute_teacher=True)
+    on.augment.shift = 1
+    with pytest.raises(ValueError, match="precompute_teacher=False"):
+        training.train_and_distill(on, None, teacher=teacher, dataset=ds)
+
+
 def test_alpha_zero_is_the_plain_cross_entropy_step():
     ds = small_digits()
     batch = batch_of(ds)
@@ -307,6 +354,7 @@ def test_train_and_distill_writes_results_and_reuses_given_logits(tmp_path):
         "temperature": 8.0,
         "alpha": 0.9,
         "precomputed_teacher_logits": True,
+        "augment": False,
     }
     assert saved["config"]["distill"]["temperature"] == 8.0
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == config.num_epochs

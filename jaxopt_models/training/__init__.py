@@ -12,6 +12,7 @@ from jaxopt_models.training.compress import (
 from jaxopt_models.training.compress_report import format_stage_table as format_stage_table
 from jaxopt_models.training.compress_report import pareto_front as pareto_front
 from jaxopt_models.training.compress_report import write_plots as write_plots
+from jaxopt_models.training.config import augment_from_config as augment_from_config
 from jaxopt_models.training.config import default_config as default_config
 from jaxopt_models.training.distill import Teacher as Teacher
 from jaxopt_models.training.distill import compute_teacher_logits as compute_teacher_logits
@@ -76,6 +77,7 @@ from jaxopt_models.training.quant_config import quantization_enabled as quantiza
 from jaxopt_models.training.state import TrainState as TrainState
 from jaxopt_models.training.state import count_params as count_params
 from jaxopt_models.training.state import create_train_state as create_train_state
+from jaxopt_models.training.steps import apply_objective as apply_objective
 from jaxopt_models.training.steps import cross_entropy as cross_entropy
 from jaxopt_models.training.steps import eval_step as eval_step
 from jaxopt_models.training.steps import make_eval_step as make_eval_step

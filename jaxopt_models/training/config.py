@@ -3,6 +3,7 @@
 import ml_collections
 from ml_collections import config_dict
 
+from jaxopt_models.data.augment import AugmentFn, make_augment
 from jaxopt_models.training.pruning_config import default_pruning_config
 from jaxopt_models.training.quant_config import default_quantization_config
 
@@ -17,6 +18,9 @@ def default_config() -> ml_collections.ConfigDict:
         from the dataset when not set).
       optimizer.*: see ``training.make_optimizer``.
       batch_size, eval_batch_size, num_epochs, label_smoothing.
+      augment.shift / flip / mode: per-example training augmentation inside the compiled
+        step (``data.make_augment``): random shifts of up to ``shift`` pixels (0: none),
+        horizontal flips, border fill; off by default. See ``augment_from_config``.
       log_every_epochs: evaluate on the test set every this many epochs (and at the end).
       sync_every_steps: block on the device at least this often (bounded queues).
       progress: show a progress bar.
@@ -62,6 +66,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000
     c.num_epochs = 10
     c.label_smoothing = 0.0
+    c.augment = ml_collections.ConfigDict()
+    c.augment.shift = 0
+    c.augment.flip = False
+    c.augment.mode = "edge"
     c.log_every_epochs = 1
     c.sync_every_steps = 25
     c.progress = True
@@ -79,3 +87,21 @@ def default_config() -> ml_collections.ConfigDict:
     c.pruning = default_pruning_config()
     c.quantization = default_quantization_config()
     return c
+
+
+def augment_from_config(config) -> AugmentFn | None:
+    """The train-time augmentation of ``config.augment`` (``None``: off or no such field).
+
+    Raises:
+      ValueError: a bad ``config.augment.shift`` / ``flip`` / ``mode`` (the message names
+        the field and the allowed values).
+    """
+    aug = config.get("augment")
+    if aug is None:
+        return None
+    try:
+        return make_augment(
+            aug.get("shift", 0), aug.get("flip", False), mode=aug.get("mode", "edge")
+        )
+    except ValueError as e:
+        raise ValueError(f"config.augment: {e}") from None

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from jaxopt_models.data import Dataset, eval_batches, steps_per_epoch
+from jaxopt_models.data.augment import AugmentFn
 from jaxopt_models.distillation import (
     distillation_loss,
     mse_logits_loss,
@@ -25,12 +26,21 @@ from jaxopt_models.distillation import (
     validate_temperature,
 )
 from jaxopt_models.models import get_model
+from jaxopt_models.training.config import augment_from_config
 from jaxopt_models.training.distributed import initialize_distributed
 from jaxopt_models.training.loop import fit, load_dataset, model_kwargs
 from jaxopt_models.training.optimizers import make_optimizer
-from jaxopt_models.training.parallel import ParallelStep, cross_replica_mean
+from jaxopt_models.training.parallel import ParallelStep
 from jaxopt_models.training.state import TrainState, count_params, create_train_state
-from jaxopt_models.training.steps import cross_entropy, make_eval_step, make_train_step
+from jaxopt_models.training.steps import (
+    apply_objective,
+    augment_images,
+    cross_entropy,
+    forward,
+    make_eval_step,
+    make_train_step,
+    step_rng,
+)
 from jaxopt_models.typing import PyTree
 
 Batch = dict[str, jax.Array]
@@ -141,15 +151,6 @@ def compute_teacher_logits(teacher: Teacher, x: np.ndarray, batch_size: int = 10
     return logits.astype(np.float32)
 
 
-def _student_forward(state: TrainState, params: PyTree, x: jax.Array, rng: jax.Array):
-    """The student in training mode: ``(logits, new_model_state)``."""
-    variables = {"params": params, **state.model_state}
-    rngs = {"dropout": rng}
-    if state.model_state:
-        return state.apply_fn(variables, x, train=True, mutable=list(state.model_state), rngs=rngs)
-    return state.apply_fn(variables, x, train=True, rngs=rngs), state.model_state
-
-
 def distill_train_step(
     state: TrainState,
     batch: Batch,
@@ -158,6 +159,7 @@ def distill_train_step(
     loss_fn: DistillLossFn,
     teacher_apply_fn: Callable[..., jax.Array] | None = None,
     params_fn: ParamsFn | None = None,
+    augment_fn: AugmentFn | None = None,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update of the student towards the teacher (pure; jit it).
@@ -176,6 +178,9 @@ def distill_train_step(
       teacher_apply_fn: the teacher's ``apply``, run with ``train=False`` inside this step.
       params_fn: optional transform of the student's params inside the loss and the
         forward pass (e.g. weight fake-quantization for QAT).
+      augment_fn: optional ``fn(rng, images) -> images`` (``data.make_augment``) applied to
+        the batch before both networks run, so the teacher labels exactly the augmented
+        images the student sees ("consistent" teaching). Needs the in-step teacher.
       axis_name: the ``pmap`` axis when run under ``pmap`` (``make_train_step`` passes
         it): gradients, metrics and batch statistics are averaged over it. ``None``
         under ``jit``.
@@ -184,44 +189,39 @@ def distill_train_step(
       ``(new_state, {"loss": scalar, "accuracy": scalar})`` (accuracy on the labels).
 
     Raises:
-      ValueError: neither ``batch["teacher_logits"]`` nor ``teacher_apply_fn`` is given.
+      ValueError: neither ``batch["teacher_logits"]`` nor ``teacher_apply_fn`` is given,
+        or ``augment_fn`` with precomputed teacher logits.
 
     Example:
       >>> step = jax.jit(functools.partial(distill_train_step, loss_fn=loss_fn,
       ...                                  teacher_apply_fn=teacher.apply_fn))
       >>> state, metrics = step(state, batch, teacher.variables)
     """
+    rng = step_rng(state, axis_name)
     if "teacher_logits" in batch:
+        if augment_fn is not None:
+            raise ValueError(
+                "augment_fn needs the teacher inside the step: precomputed teacher_logits "
+                "belong to the un-augmented images"
+            )
+        images = batch["image"]
         t_logits = batch["teacher_logits"]
     elif teacher_apply_fn is not None:
-        t_logits = teacher_apply_fn(teacher_variables, batch["image"], train=False)
+        images = augment_images(rng, batch["image"], augment_fn)
+        t_logits = teacher_apply_fn(teacher_variables, images, train=False)
     else:
         raise ValueError(
             "distill_train_step needs teacher_apply_fn (and teacher_variables) or "
             "batch['teacher_logits']"
         )
     t_logits = jax.lax.stop_gradient(t_logits)
-    rng = jax.random.fold_in(state.rng, state.step)
-    if axis_name is not None:
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def objective(params):
         p = params if params_fn is None else params_fn(params)
-        logits, new_model_state = _student_forward(state, p, batch["image"], rng)
+        logits, new_model_state = forward(state, p, images, train=True, rng=rng)
         return loss_fn(logits, t_logits, batch["label"]).mean(), (logits, new_model_state)
 
-    (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params
-    )
-    grads = cross_replica_mean(grads, axis_name)
-    new_model_state = cross_replica_mean(new_model_state, axis_name)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    acc = (jnp.argmax(logits, -1) == batch["label"]).mean()
-    new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state
-    )
-    return new_state, cross_replica_mean({"loss": loss, "accuracy": acc}, axis_name)
+    return apply_objective(state, objective, batch["label"], axis_name=axis_name)
 
 
 def make_distill_train_step(
@@ -229,6 +229,7 @@ def make_distill_train_step(
     loss_fn: DistillLossFn,
     teacher_apply_fn: Callable[..., jax.Array] | None = None,
     params_fn: ParamsFn | None = None,
+    augment_fn: AugmentFn | None = None,
     parallel: str = "none",
     mesh: jax.sharding.Mesh | None = None,
     donate: bool = True,
@@ -241,6 +242,7 @@ def make_distill_train_step(
       teacher_apply_fn: the teacher's ``apply``; ``None`` when every batch carries
         ``"teacher_logits"``.
       params_fn: optional params transform of the student (QAT).
+      augment_fn: optional batch augmentation seen by both teacher and student.
       parallel: ``"none"``, ``"sharding"`` or ``"pmap"`` (see ``make_train_step``); the
         teacher's variables are replicated like the student's state.
       mesh: the mesh for ``"sharding"``.
@@ -256,7 +258,11 @@ def make_distill_train_step(
       >>> state, metrics = step(state, batch, teacher.variables)
     """
     fn = functools.partial(
-        distill_train_step, loss_fn=loss_fn, teacher_apply_fn=teacher_apply_fn, params_fn=params_fn
+        distill_train_step,
+        loss_fn=loss_fn,
+        teacher_apply_fn=teacher_apply_fn,
+        params_fn=params_fn,
+        augment_fn=augment_fn,
     )
     return make_train_step(
         fn,
@@ -407,6 +413,12 @@ def train_and_distill(
         tx = make_optimizer(config.optimizer, total_steps)
     state = create_train_state(model, jax.random.key(config.seed), ds.x_train[:1], tx)
     eval_fn = make_eval_step(loss_fn=cross_entropy, params_fn=params_fn)
+    augment_fn = augment_from_config(config)
+    if augment_fn is not None and (teacher_logits is not None or precompute):
+        raise ValueError(
+            "config.augment is on, so the teacher must label the augmented images inside the "
+            "step: set config.distill.precompute_teacher=False (and pass no teacher_logits)"
+        )
 
     if teacher_logits is not None or precompute:
         if teacher_logits is None:
@@ -431,6 +443,7 @@ def train_and_distill(
             loss_fn=loss_fn,
             teacher_apply_fn=teacher.apply_fn,
             params_fn=params_fn,
+            augment_fn=augment_fn,
             parallel=parallel,
             skip_nonfinite=skip_nonfinite,
         )
@@ -443,6 +456,7 @@ def train_and_distill(
             "temperature": float(temperature),
             "alpha": float(alpha),
             "precomputed_teacher_logits": teacher_logits is not None,
+            "augment": augment_fn is not None,
         },
     }
     if teacher is not None:

@@ -21,6 +21,7 @@ from jaxopt_models.metrics import classification_report
 from jaxopt_models.models import get_model
 from jaxopt_models.pruning import format_summary
 from jaxopt_models.training.checkpoint import Checkpointer
+from jaxopt_models.training.config import augment_from_config
 from jaxopt_models.training.distributed import initialize_distributed
 from jaxopt_models.training.io import append_jsonl, atomic_write_bytes, atomic_write_json
 from jaxopt_models.training.optimizers import make_optimizer
@@ -149,6 +150,7 @@ def train_and_evaluate(
         train_fn=make_train_step(
             loss_fn=loss_fn,
             params_fn=params_fn,
+            augment_fn=augment_from_config(config),
             parallel=config.get("parallel", "none"),
             skip_nonfinite=config.get("nan_policy") == "skip",
         ),

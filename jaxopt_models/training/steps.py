@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxopt_models.data.augment import AugmentFn
 from jaxopt_models.training.parallel import DATA_AXIS, ParallelStep, cross_replica_mean
 from jaxopt_models.training.state import TrainState
 from jaxopt_models.typing import PyTree
@@ -35,7 +36,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def _forward(state: TrainState, params: PyTree, x: jax.Array, *, train: bool, rng=None):
+def forward(state: TrainState, params: PyTree, x: jax.Array, *, train: bool, rng=None):
     """Runs the model, returning ``(logits, new_model_state)``."""
     variables = {"params": params, **state.model_state}
     kwargs = {"rngs": {"dropout": rng}} if rng is not None else {}
@@ -44,12 +45,64 @@ def _forward(state: TrainState, params: PyTree, x: jax.Array, *, train: bool, rn
     return state.apply_fn(variables, x, train=train, **kwargs), state.model_state
 
 
+def step_rng(state: TrainState, axis_name: str | None = None) -> jax.Array:
+    """The PRNG key of this step (dropout), distinct per step and per ``pmap`` device."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    return rng
+
+
+# Folded into the step's key for augmentation, so the dropout key is the same with and
+# without it.
+_AUGMENT_STREAM = 0x417567
+
+
+def augment_images(rng: jax.Array, images: jax.Array, augment_fn: AugmentFn | None) -> jax.Array:
+    """``augment_fn`` applied to the batch with a key derived from the step's ``rng``."""
+    if augment_fn is None:
+        return images
+    return augment_fn(jax.random.fold_in(rng, _AUGMENT_STREAM), images)
+
+
+def apply_objective(
+    state: TrainState,
+    objective: Callable[[PyTree], tuple[jax.Array, tuple[jax.Array, PyTree]]],
+    labels: jax.Array,
+    *,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update from ``objective(params) -> (loss, (logits, new_model_state))``.
+
+    The shared core of ``train_step`` and the distillation step: differentiates
+    ``objective`` w.r.t. ``state.params`` only, averages gradients, batch statistics and
+    metrics over ``axis_name`` (``pmap``), applies ``state.tx`` and advances the step.
+
+    Returns:
+      ``(new_state, {"loss": scalar, "accuracy": scalar})`` (accuracy of ``logits`` on
+      ``labels``).
+    """
+    (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params
+    )
+    grads = cross_replica_mean(grads, axis_name)
+    new_model_state = cross_replica_mean(new_model_state, axis_name)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    acc = (jnp.argmax(logits, -1) == labels).mean()
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state
+    )
+    return new_state, cross_replica_mean({"loss": loss, "accuracy": acc}, axis_name)
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
     *,
     loss_fn: LossFn = cross_entropy,
     params_fn: ParamsFn | None = None,
+    augment_fn: AugmentFn | None = None,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on ``batch`` (pure; jit it or use ``make_train_step``).
@@ -60,6 +113,8 @@ def train_step(
       loss_fn: per-example loss ``(logits, labels) -> (N,)``; averaged over the batch.
       params_fn: optional transform of the params inside the loss (e.g. weight
         fake-quantization for QAT); gradients flow through it to the float params.
+      augment_fn: optional ``fn(rng, images) -> images`` applied to the batch first
+        (``data.make_augment``), with a key derived from the state's key and step.
       axis_name: the ``pmap`` axis when run under ``pmap`` (``make_train_step`` passes
         it): gradients, metrics and batch statistics are averaged over it and each
         device draws its own dropout mask. ``None`` under ``jit``.
@@ -67,27 +122,15 @@ def train_step(
     Returns:
       ``(new_state, {"loss": scalar, "accuracy": scalar})``.
     """
-    rng = jax.random.fold_in(state.rng, state.step)
-    if axis_name is not None:
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    rng = step_rng(state, axis_name)
+    images = augment_images(rng, batch["image"], augment_fn)
 
     def objective(params):
         p = params if params_fn is None else params_fn(params)
-        logits, new_model_state = _forward(state, p, batch["image"], train=True, rng=rng)
+        logits, new_model_state = forward(state, p, images, train=True, rng=rng)
         return loss_fn(logits, batch["label"]).mean(), (logits, new_model_state)
 
-    (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params
-    )
-    grads = cross_replica_mean(grads, axis_name)
-    new_model_state = cross_replica_mean(new_model_state, axis_name)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    acc = (jnp.argmax(logits, -1) == batch["label"]).mean()
-    new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state
-    )
-    return new_state, cross_replica_mean({"loss": loss, "accuracy": acc}, axis_name)
+    return apply_objective(state, objective, batch["label"], axis_name=axis_name)
 
 
 def eval_step(
@@ -109,7 +152,7 @@ def eval_step(
       ``{"pred": (N,) int32, "loss": (N,) float32}``.
     """
     p = state.params if params_fn is None else params_fn(state.params)
-    logits, _ = _forward(state, p, batch["image"], train=False)
+    logits, _ = forward(state, p, batch["image"], train=False)
     return {
         "pred": jnp.argmax(logits, -1).astype(jnp.int32),
         "loss": loss_fn(logits, batch["label"]),
@@ -121,6 +164,7 @@ def make_train_step(
     *,
     loss_fn: LossFn | None = None,
     params_fn: ParamsFn | None = None,
+    augment_fn: AugmentFn | None = None,
     parallel: str = "none",
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = DATA_AXIS,
@@ -137,6 +181,7 @@ def make_train_step(
         ``train_step`` with ``loss_fn`` and ``params_fn``.
       loss_fn: per-example loss of the default step (default ``cross_entropy``).
       params_fn: optional params transform inside the loss of the default step (QAT).
+      augment_fn: optional batch augmentation of the default step (``data.make_augment``).
       parallel: ``"none"`` (jit), ``"sharding"`` (jit over ``mesh``, batch sharded on
         ``axis_name``, state replicated) or ``"pmap"``.
       mesh: the mesh for ``"sharding"`` (default: all devices on a ``"data"`` axis).
@@ -156,12 +201,15 @@ def make_train_step(
     """
     if step_fn is None:
         step_fn = functools.partial(
-            train_step, loss_fn=loss_fn or cross_entropy, params_fn=params_fn
+            train_step,
+            loss_fn=loss_fn or cross_entropy,
+            params_fn=params_fn,
+            augment_fn=augment_fn,
         )
-    elif loss_fn is not None or params_fn is not None:
+    elif loss_fn is not None or params_fn is not None or augment_fn is not None:
         raise TypeError(
-            "loss_fn and params_fn configure the default train_step; with step_fn= bind "
-            "them into step_fn (functools.partial) instead"
+            "loss_fn, params_fn and augment_fn configure the default train_step; with "
+            "step_fn= bind them into step_fn (functools.partial) instead"
         )
     return ParallelStep(
         step_fn,
