@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxopt_models.compression.bitpack import bit_width, pack_bits, packed_size, unpack_bits
+from jaxopt_models.compression.bitpack import bit_width, pack_stream, packed_size, unpack_stream
 
 
 @settings(max_examples=25, deadline=None)
@@ -13,23 +13,23 @@ from jaxopt_models.compression.bitpack import bit_width, pack_bits, packed_size,
 def test_round_trip_and_size(width, n, seed):
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 2**width, n, dtype=np.uint64)
-    data = pack_bits(values, width)
+    data = pack_stream(values, width)
     assert len(data) == packed_size(n, width) == (n * width + 7) // 8
-    np.testing.assert_array_equal(unpack_bits(data, width, n), values)
+    np.testing.assert_array_equal(unpack_stream(data, width, n), values)
 
 
 def test_msb_first_layout():
-    assert pack_bits(np.array([1, 0, 1, 1]), 1) == bytes([0b1011_0000])
-    assert pack_bits(np.array([5, 3]), 4) == bytes([0x53])
+    assert pack_stream(np.array([1, 0, 1, 1]), 1) == bytes([0b1011_0000])
+    assert pack_stream(np.array([5, 3]), 4) == bytes([0x53])
     assert bit_width(0) == 0 and bit_width(1) == 1 and bit_width(31) == 5 and bit_width(32) == 6
 
 
 def test_errors():
     with pytest.raises(ValueError, match="values must lie"):
-        pack_bits(np.array([4]), 2)
+        pack_stream(np.array([4]), 2)
     with pytest.raises(ValueError, match="width"):
-        pack_bits(np.array([1]), 33)
+        pack_stream(np.array([1]), 33)
     with pytest.raises(ValueError, match="need 2 bytes"):
-        unpack_bits(b"\x00", 4, 3)
+        unpack_stream(b"\x00", 4, 3)
     with pytest.raises(ValueError, match="max_value"):
         bit_width(-1)

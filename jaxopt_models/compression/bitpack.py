@@ -1,7 +1,9 @@
-"""Fixed-width bit packing of unsigned integer streams (MSB first).
+"""Fixed-width bit packing of unsigned integer streams into bytes (MSB first).
 
-Self-contained so the compressed file format does not depend on the quantization
-package's storage helpers; both pack MSB first, so they can be unified later.
+The on-disk packer of the compressed file format (NumPy in, ``bytes`` out, widths 0..32,
+most significant bit first). Not to be confused with ``quantization.pack_bits``, which packs
+a JAX array of 1..16-bit codes into a ``uint8`` array, least significant bit first, for
+in-memory ``PackedQTensor`` storage; the two bit orders are part of their formats.
 """
 
 import numpy as np
@@ -28,7 +30,7 @@ def bit_width(max_value: int) -> int:
     return max_value.bit_length()
 
 
-def pack_bits(values: np.ndarray, width: int) -> bytes:
+def pack_stream(values: np.ndarray, width: int) -> bytes:
     """Packs unsigned integers into ``ceil(len(values) * width / 8)`` bytes, MSB first.
 
     Args:
@@ -39,7 +41,7 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
       The packed bytes, the last byte zero-padded.
 
     Example:
-      >>> pack_bits(np.array([1, 2, 3]), 2)
+      >>> pack_stream(np.array([1, 2, 3]), 2)
       b'l'
     """
     if not isinstance(width, int | np.integer) or not 0 <= width <= MAX_WIDTH:
@@ -57,8 +59,8 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     return np.packbits(bits.astype(np.uint8).reshape(-1)).tobytes()
 
 
-def unpack_bits(data: bytes | np.ndarray, width: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`.
+def unpack_stream(data: bytes | np.ndarray, width: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_stream`.
 
     Args:
       data: packed bytes, at least ``ceil(count * width / 8)`` of them.
@@ -69,7 +71,7 @@ def unpack_bits(data: bytes | np.ndarray, width: int, count: int) -> np.ndarray:
       ``uint32`` array of shape ``(count,)``.
 
     Example:
-      >>> unpack_bits(b'l', 2, 3)
+      >>> unpack_stream(b'l', 2, 3)
       array([1, 2, 3], dtype=uint32)
     """
     if not isinstance(width, int | np.integer) or not 0 <= width <= MAX_WIDTH:

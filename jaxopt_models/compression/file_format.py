@@ -49,7 +49,7 @@ import numpy as np
 
 from jaxopt_models.compression import huffman as _hf
 from jaxopt_models.compression._tree import aligned, named_leaves
-from jaxopt_models.compression.bitpack import bit_width, pack_bits, packed_size, unpack_bits
+from jaxopt_models.compression.bitpack import bit_width, pack_stream, packed_size, unpack_stream
 from jaxopt_models.compression.weight_sharing import is_shared
 from jaxopt_models.fileio import atomic_write_bytes
 from jaxopt_models.typing import PyTree
@@ -161,7 +161,7 @@ def _write_stream(w: _Writer, symbols: np.ndarray, huffman: bool) -> None:
     _, (mode, arg) = _stream_cost(symbols, huffman)
     if mode == "raw":
         w.u8(arg)
-        w.raw(pack_bits(symbols, arg))
+        w.raw(pack_stream(symbols, arg))
     else:
         w.u8(_HUFFMAN)
         w.varint(arg.size)
@@ -173,7 +173,7 @@ def _read_stream(r: _Reader, n: int) -> np.ndarray:
     mode = r.u8()
     if mode <= 32:
         data = r.take(packed_size(n, mode))
-        return unpack_bits(data, mode, n).astype(np.int64)
+        return unpack_stream(data, mode, n).astype(np.int64)
     if mode != _HUFFMAN:
         raise FormatError(f"unknown stream mode {mode}")
     alphabet = r.varint()

@@ -13,7 +13,7 @@ import heapq
 
 import numpy as np
 
-from jaxopt_models.compression.bitpack import pack_bits, unpack_bits
+from jaxopt_models.compression.bitpack import pack_stream, unpack_stream
 
 MAX_CODE_LENGTH = 15
 """Longest code allowed (lengths are stored in 4 bits)."""
@@ -258,12 +258,12 @@ def pack_lengths(lengths: np.ndarray) -> bytes:
     """Stores code lengths as 4-bit nibbles (the table of a canonical code)."""
     lengths = np.asarray(lengths, np.int64)
     _check_lengths(lengths)
-    return pack_bits(lengths, 4)
+    return pack_stream(lengths, 4)
 
 
 def unpack_lengths(data: bytes | np.ndarray, alphabet_size: int) -> np.ndarray:
     """Inverse of :func:`pack_lengths`; validates the Kraft inequality."""
-    lengths = unpack_bits(data, 4, alphabet_size).astype(np.int64)
+    lengths = unpack_stream(data, 4, alphabet_size).astype(np.int64)
     _check_lengths(lengths)
     return lengths
 
