@@ -26,16 +26,16 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from flax import serialization
 from ml_collections import config_flags
 
 from jaxopt_models import quantization as qz
 from jaxopt_models.models import get_model
 from jaxopt_models.training import (
-    atomic_write_bytes,
     atomic_write_json,
     load_dataset,
+    load_variables,
     model_kwargs,
+    save_variables,
     train_and_evaluate,
 )
 from jaxopt_models.training.int8_inference import (
@@ -55,8 +55,6 @@ if "config" not in FLAGS:  # several experiment modules may share a process
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
-VARIABLES_FILE = "variables.msgpack"
-
 
 def float_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``config`` with its quantization section reset to float."""
@@ -70,17 +68,14 @@ def float_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 def train_or_load(config, ds, directory: str, load: bool) -> tuple[Any, dict[str, Any]]:
     """Trains ``config`` into ``directory`` (or loads it from there): ``(params, results)``."""
     if load:
-        model = get_model(config.model.name, **model_kwargs(config, ds.num_classes))
-        template = jax.jit(lambda x: model.init(jax.random.key(0), x))(ds.x_train[:1])
-        with open(os.path.join(directory, VARIABLES_FILE), "rb") as f:
-            variables = serialization.from_bytes(template, f.read())
+        variables, _ = load_variables(
+            directory, config, ds.x_train[:1], ds.num_classes, collections=("params",)
+        )
         with open(os.path.join(directory, "results.json")) as f:
             return variables["params"], json.load(f)
     state, results = train_and_evaluate(config, directory, dataset=ds)
     params = jax.device_get(state.params)
-    atomic_write_bytes(
-        os.path.join(directory, VARIABLES_FILE), serialization.to_bytes({"params": params})
-    )
+    save_variables(directory, {"params": params})
     return params, results
 
 

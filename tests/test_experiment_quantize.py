@@ -7,6 +7,7 @@ import pytest
 from _helpers import load_config, write_fake_fashion_mnist
 
 from experiments import quantize
+from jaxopt_models.training.model_io import VARIABLES_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [
@@ -46,7 +47,7 @@ def test_ptq_experiment_runs_end_to_end(fake_idx_dir, tmp_path, capsys):
         json.loads((tmp_path / "summary.json").read_text())["ptq"]["int8_accuracy"]
         == (p["int8_accuracy"])
     )
-    assert (tmp_path / "float" / quantize.VARIABLES_FILE).exists()
+    assert (tmp_path / "float" / VARIABLES_FILE).exists()
     quantize.print_summary(summary)
     assert "PTQ int8 path" in capsys.readouterr().out
 

@@ -47,6 +47,8 @@ from jaxopt_models.training.loop import load_dataset as load_dataset
 from jaxopt_models.training.loop import model_kwargs as model_kwargs
 from jaxopt_models.training.loop import print_results as print_results
 from jaxopt_models.training.loop import train_and_evaluate as train_and_evaluate
+from jaxopt_models.training.model_io import load_variables as load_variables
+from jaxopt_models.training.model_io import save_variables as save_variables
 from jaxopt_models.training.optimizers import OPTIMIZERS as OPTIMIZERS
 from jaxopt_models.training.optimizers import SCHEDULES as SCHEDULES
 from jaxopt_models.training.optimizers import make_optimizer as make_optimizer
