@@ -20,21 +20,18 @@ import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from flax import serialization
 from ml_collections import config_flags
 
-from jaxopt_models.models import get_model
 from jaxopt_models.training import (
     Teacher,
-    atomic_write_bytes,
     atomic_write_json,
     compute_teacher_logits,
     load_dataset,
-    model_kwargs,
+    load_variables,
+    save_variables,
     train_and_distill,
     train_and_evaluate,
 )
@@ -48,8 +45,6 @@ if "config" not in FLAGS:  # several experiment modules may share a process
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
-TEACHER_FILE = "variables.msgpack"
-
 
 def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The teacher's full training config: ``config.teacher`` on ``config.dataset``."""
@@ -60,17 +55,12 @@ def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def save_teacher(teacher: Teacher, directory: str) -> str:
     """Writes the teacher's variables to ``<directory>/variables.msgpack``."""
-    path = os.path.join(directory, TEACHER_FILE)
-    atomic_write_bytes(path, serialization.to_bytes(jax.device_get(teacher.variables)))
-    return path
+    return save_variables(directory, teacher.variables)
 
 
 def load_teacher(tcfg: ml_collections.ConfigDict, ds, directory: str) -> Teacher:
     """Rebuilds the teacher model of ``tcfg`` and reads its variables from ``directory``."""
-    model = get_model(tcfg.model.name, **model_kwargs(tcfg, ds.num_classes))
-    template = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(ds.x_train[:1])
-    with open(os.path.join(directory, TEACHER_FILE), "rb") as f:
-        variables = serialization.from_bytes(template, f.read())
+    variables, model = load_variables(directory, tcfg, ds.x_train[:1], ds.num_classes)
     return Teacher(apply_fn=model.apply, variables=variables)
 
 
@@ -123,7 +113,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, teacher_dir: str | None
       config: a ``fashion_mnist_kd_*`` config: the student's fields at the top level,
         ``teacher`` (a full training config without ``dataset``), ``seeds`` and
         ``distill`` (``default_distill_config()`` plus ``temperatures``, ``num_epochs``
-        of the distilled runs and the three ``*_num_train`` sizes).
+        of the distilled runs and the three ``*_num_train`` sizes). Optional
+        ``distill.augment`` (fields as ``config.augment``): the distilled runs see
+        augmented images that the teacher labels inside the step (the student alone is
+        trained as configured); ``distill.augmented_alone_control=True`` also trains the
+        student alone with that augmentation, as a control.
       workdir: output directory.
       teacher_dir: a directory with a saved teacher to reuse instead of training one.
 
@@ -159,7 +153,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, teacher_dir: str | None
     logits = compute_teacher_logits(teacher, ds.x_train[:n_transfer], bs)
     kd_ds = transfer_set(ds, logits, n_student)
 
+    kd_augment = config.distill.get("augment")
+    control = bool(config.distill.get("augmented_alone_control", False))
+    if control and kd_augment is None:
+        raise ValueError("config.distill.augmented_alone_control needs config.distill.augment")
     alone: list[float] = []
+    alone_aug: list[float] = []
     distilled: dict[float, list[float]] = {float(t): [] for t in config.distill.temperatures}
     for seed in config.seeds:
         cfg = config.copy_and_resolve_references()
@@ -169,6 +168,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, teacher_dir: str | None
         )
         alone.append(res["test_accuracy"])
         print(f"seed {seed} student alone: {res['test_accuracy']:.4f}", flush=True)
+        if kd_augment is not None:
+            # the distilled runs see augmented images, labelled by the teacher in the step
+            cfg.augment = ml_collections.ConfigDict(kd_augment.to_dict())
+            cfg.distill.precompute_teacher = False
+        if control:
+            _, res = train_and_evaluate(
+                cfg, os.path.join(workdir, "student_augmented", f"seed_{seed}"), dataset=student_ds
+            )
+            alone_aug.append(res["test_accuracy"])
+            print(f"seed {seed} student alone, augmented: {res['test_accuracy']:.4f}", flush=True)
         if config.distill.get("num_epochs") is not None:
             cfg.num_epochs = config.distill.num_epochs
         for t in distilled:
@@ -178,7 +187,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, teacher_dir: str | None
                 os.path.join(workdir, f"kd_T{t:g}", f"seed_{seed}"),
                 teacher=teacher,
                 dataset=kd_ds,
-                teacher_logits=logits,
+                teacher_logits=logits if kd_augment is None else None,
             )
             distilled[t].append(res["test_accuracy"])
             print(f"seed {seed} distilled T={t:g}: {res['test_accuracy']:.4f}", flush=True)
@@ -202,8 +211,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, teacher_dir: str | None
         "alpha": config.distill.alpha,
         "seeds": list(config.seeds),
         "student": student,
+        "distill_augment": None if kd_augment is None else kd_augment.to_dict(),
         "distilled": {},
     }
+    if control:
+        entry = _mean_std(alone_aug)
+        entry["gap_closed"] = (entry["mean"] - student["mean"]) / gap if gap > 0 else None
+        summary["student_augmented"] = entry
     for t, accs in distilled.items():
         entry = _mean_std(accs)
         entry["gap_closed"] = (entry["mean"] - student["mean"]) / gap if gap > 0 else None
@@ -223,6 +237,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"{'teacher ' + t['model']:<28} {t['test_accuracy']:>40.4f}")
     s = summary["student"]
     print(f"{'student alone':<28} {s['mean']:>31.4f} ± {s['std']:.4f}")
+    if "student_augmented" in summary:
+        e = summary["student_augmented"]
+        gap = "-" if e["gap_closed"] is None else f"{100 * e['gap_closed']:.0f}%"
+        print(f"{'student alone, augmented':<28} {e['mean']:>31.4f} ± {e['std']:.4f} {gap:>11}")
     for temp, e in summary["distilled"].items():
         gap = "-" if e["gap_closed"] is None else f"{100 * e['gap_closed']:.0f}%"
         print(f"{'student distilled T=' + temp:<28} {e['mean']:>31.4f} ± {e['std']:.4f} {gap:>11}")

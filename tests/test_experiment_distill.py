@@ -2,11 +2,17 @@
 
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
 from experiments import distill
-from experiments.configs import fashion_mnist_kd_mlp, fashion_mnist_kd_unlabeled
+from experiments.configs import (
+    fashion_mnist_kd_hinton,
+    fashion_mnist_kd_jitter,
+    fashion_mnist_kd_mlp,
+    fashion_mnist_kd_unlabeled,
+)
 from jaxopt_models.training import compute_teacher_logits, load_dataset
 
 
@@ -101,3 +107,37 @@ def test_configs_and_quick_variants():
     assert unl.distill.teacher_num_train == unl.distill.student_num_train == 3000
     assert unl.distill.transfer_num_train == 60000
     assert distill.teacher_config(unl).dataset.name == "fashion_mnist"
+
+
+def test_augmented_distillation_with_its_control(tmp_path):
+    config = digits_config()
+    config.distill.transfer_num_train = None  # the student's own 200 images
+    config.distill.temperatures = (2,)
+    config.distill.augment = ml_collections.ConfigDict({"shift": 1, "flip": False, "mode": "edge"})
+    config.distill.augmented_alone_control = True
+    summary = distill.run(config, str(tmp_path))
+    assert summary["distill_augment"] == {"shift": 1, "flip": False, "mode": "edge"}
+    assert set(summary["student_augmented"]) >= {"mean", "std", "runs", "gap_closed"}
+    kd = json.loads((tmp_path / "kd_T2" / "seed_0" / "results.json").read_text())
+    assert kd["distill"]["augment"] is True
+    assert kd["distill"]["precomputed_teacher_logits"] is False
+    alone = json.loads((tmp_path / "student" / "seed_0" / "results.json").read_text())
+    control = json.loads((tmp_path / "student_augmented" / "seed_0" / "results.json").read_text())
+    assert alone["config"]["augment"]["shift"] == 0
+    assert control["config"]["augment"]["shift"] == 1
+    bad = digits_config()
+    bad.distill.augmented_alone_control = True
+    with pytest.raises(ValueError, match="augmented_alone_control needs config.distill.augment"):
+        distill.run(bad, str(tmp_path / "bad"))
+
+
+def test_same_data_configs():
+    h = fashion_mnist_kd_hinton.get_config()
+    assert h.distill.teacher_num_train == h.distill.student_num_train == 3000
+    assert h.distill.transfer_num_train is None  # no image beyond the student's
+    assert h.teacher.augment.shift == 2 and h.teacher.model.dropout_rate == 0.5
+    assert h.augment.shift == 0  # the student alone and distilled: plain
+    full = fashion_mnist_kd_hinton.get_config("full")
+    assert full.distill.student_num_train is None and full.distill.teacher_num_train is None
+    j = fashion_mnist_kd_jitter.get_config()
+    assert j.distill.augment.shift == 2 and j.distill.augmented_alone_control
