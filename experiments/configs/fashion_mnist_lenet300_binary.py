@@ -9,26 +9,15 @@ float baseline has the same budget.
   # quick local try: --config=experiments/configs/fashion_mnist_lenet300_binary.py:quick
 """
 
-from jaxopt_models.training import default_config
+from experiments.configs import fashion_mnist_lenet300
 
 
 def get_config(variant: str = ""):
-    c = default_config()
-    c.dataset.name = "fashion_mnist"
-    c.model.name = "mlp"
-    c.model.features = (300, 100)
-    c.model.kernel_init = "he_normal"
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.schedule = "cosine"
-    c.batch_size = 128
-    c.num_epochs = 10
+    c = fashion_mnist_lenet300.get_config(variant)
+    if variant != "quick":
+        c.num_epochs = 10
     c.quantization.weight_mode = "binary"
     c.quantization.per_channel = True
     c.compare_float = True
     c.ptq = {"enabled": False}
-    if variant == "quick":
-        c.dataset.num_train = 6000
-        c.dataset.num_test = 2000
-        c.num_epochs = 2
     return c

@@ -10,7 +10,7 @@ evaluates the float model, the fake-quant model and the real int8 path.
 
 import ml_collections
 
-from jaxopt_models.training import default_config
+from experiments.configs import fashion_mnist_lenet5
 
 
 def ptq_config(enabled: bool = True) -> ml_collections.ConfigDict:
@@ -24,20 +24,11 @@ def ptq_config(enabled: bool = True) -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str = ""):
-    c = default_config()
-    c.dataset.name = "fashion_mnist"
-    c.model.name = "lenet5"
-    c.model.kernel_init = "he_normal"
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 2e-3
-    c.optimizer.schedule = "cosine"
-    c.batch_size = 128
-    c.num_epochs = 6
+    c = fashion_mnist_lenet5.get_config(variant)
+    if variant != "quick":
+        c.num_epochs = 6
     c.compare_float = True
     c.ptq = ptq_config()
     if variant == "quick":
-        c.dataset.num_train = 6000
-        c.dataset.num_test = 2000
-        c.num_epochs = 2
         c.ptq.calibration_examples = 512
     return c

@@ -8,20 +8,11 @@ loss with a straight-through gradient; the float baseline has the same budget.
   # quick local try: --config=experiments/configs/fashion_mnist_lenet5_qat4.py:quick
 """
 
-import importlib.util
-import os
-
-
-def _base(variant: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_lenet5_ptq.py")
-    spec = importlib.util.spec_from_file_location("fashion_mnist_lenet5_ptq", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+from experiments.configs import fashion_mnist_lenet5_ptq
 
 
 def get_config(variant: str = ""):
-    c = _base(variant)
+    c = fashion_mnist_lenet5_ptq.get_config(variant)
     c.quantization.weight_bits = 4
     c.quantization.per_channel = True
     c.ptq.enabled = False
