@@ -19,7 +19,10 @@ predict the same class.
   python benchmarks/quantized_inference.py --quick    # < 1 minute
 
 Final JSON line keys: ``mlp_int8_speedup``, ``lenet5_int8_speedup`` (float32 time / int8
-time), ``weight_bytes`` and ``weight_ratio`` per model.
+time), ``weight_bytes`` and ``weight_ratio`` per model, and ``gemm_int8_speedup``: for each
+of LeNet-300-100's three layer shapes at this batch, a bare float32 ``x @ w`` against a bare
+int8 x int8 -> int32 ``lax.dot_general`` (the ceiling of any int8 MLP path built on XLA's
+dot: when the int8 GEMM itself is no faster than the float one, the MLP cannot be).
 """
 
 import argparse
@@ -41,6 +44,26 @@ from jaxopt_models.training.int8_inference import (  # noqa: E402
 )
 
 MODELS = {"mlp": models.lenet300_100, "lenet5": models.lenet5}
+MLP_LAYERS = ((784, 300), (300, 100), (100, 10))
+
+
+def gemm_fns(batch: int) -> dict:
+    """Bare float32 and int8 GEMMs of LeNet-300-100's layer shapes, keyed ``gemm KxN/dtype``."""
+    f32 = jax.jit(lambda a, b: a @ b)
+    i8 = jax.jit(
+        lambda a, b: jax.lax.dot_general(
+            a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32
+        )
+    )
+    fns = {}
+    for i, (k, n) in enumerate(MLP_LAYERS):
+        kx, kw = jax.random.split(jax.random.key(10 + i))
+        x, w = jax.random.normal(kx, (batch, k)), jax.random.normal(kw, (k, n))
+        xq = jax.random.randint(kx, (batch, k), -127, 128, dtype=jnp.int8)
+        wq = jax.random.randint(kw, (k, n), -127, 128, dtype=jnp.int8)
+        fns[f"gemm {k}x{n}/float32"] = functools.partial(f32, x, w)
+        fns[f"gemm {k}x{n}/int8"] = functools.partial(i8, xq, wq)
+    return fns
 
 
 def _parse() -> argparse.Namespace:
@@ -84,9 +107,13 @@ def main() -> None:
             "int8_bytes": quantization.size_bytes(net),
             "agreement": agree,
         }
+    fns.update(gemm_fns(args.batch))
     times = time_interleaved(fns, rounds=rounds, iters=iters, warmup=3)
     med = {k: median(v) for k, v in times.items()}
     speedup = {n: med[f"{n}/float32"] / med[f"{n}/int8"] for n in MODELS}
+    gemm = {
+        f"{k}x{n}": med[f"gemm {k}x{n}/float32"] / med[f"gemm {k}x{n}/int8"] for k, n in MLP_LAYERS
+    }
     print(
         f"forward pass, batch {args.batch}, {jax.devices()[0].platform}, "
         f"{rounds} rounds x {iters} calls, medians"
@@ -119,6 +146,18 @@ def main() -> None:
         ],
         rows,
     )
+    print_table(
+        ["MLP layer GEMM", "float32 ms", "int8 ms", "int8 speedup"],
+        [
+            [
+                shape,
+                f"{1e3 * med[f'gemm {shape}/float32']:.3f}",
+                f"{1e3 * med[f'gemm {shape}/int8']:.3f}",
+                f"{r:.2f}x",
+            ]
+            for shape, r in gemm.items()
+        ],
+    )
     print_json(
         {
             "benchmark": "quantized_inference",
@@ -133,6 +172,7 @@ def main() -> None:
             "agreement": {n: round(info[n]["agreement"], 4) for n in MODELS},
             "mlp_int8_speedup": round(speedup["mlp"], 3),
             "lenet5_int8_speedup": round(speedup["lenet5"], 3),
+            "gemm_int8_speedup": {k: round(v, 3) for k, v in gemm.items()},
         }
     )
 

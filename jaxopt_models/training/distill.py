@@ -362,7 +362,9 @@ def train_and_distill(
 
     The same loop as ``train_and_evaluate`` (``fit``: ``metrics.jsonl``, ``results.json``,
     test metrics of the student); the results also hold ``distill`` (the settings) and
-    ``teacher_params``.
+    ``teacher_params``. With ``config.augment`` on, every batch is augmented inside the
+    compiled step and the teacher runs there on the augmented images (this needs
+    ``config.distill.precompute_teacher=False``).
 
     Args:
       config: a student config shaped like ``training.default_config()`` with a
