@@ -9,7 +9,7 @@ labels); the distilled student matches the teacher's soft targets on the same im
   python -m experiments.distill --config experiments/configs/fashion_mnist_kd_hinton.py \
       --workdir runs/fm_kd_hinton
   # quick local try: --config=experiments/configs/fashion_mnist_kd_hinton.py:quick
-  # 10,000 images (T = 2, 4): --config=experiments/configs/fashion_mnist_kd_hinton.py:10k
+  # 1,000 or 10,000 images (T = 2, 4): --config=experiments/configs/fashion_mnist_kd_hinton.py:1k
   # all 60,000 training images: --config=experiments/configs/fashion_mnist_kd_hinton.py:full
 """
 
@@ -31,9 +31,10 @@ def get_config(variant: str = ""):
     t.batch_size = 64
     t.num_epochs = 200 if variant != "quick" else 5
     t.augment = ml_collections.ConfigDict({"shift": 2, "flip": False, "mode": "edge"})
-    if variant == "10k":  # the same setting on the first 10,000 labelled images
-        c.distill.student_num_train = 10000
-        c.distill.teacher_num_train = 10000
+    if variant in ("1k", "10k"):  # the same setting on the first 1,000 / 10,000 images
+        n = 1000 if variant == "1k" else 10000
+        c.distill.student_num_train = n
+        c.distill.teacher_num_train = n
         c.distill.temperatures = (2, 4)
         t.log_every_epochs = 20
     if variant == "full":  # all 60,000 labelled images for teacher and student
