@@ -2,7 +2,10 @@
 
 import importlib.util
 import inspect
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -33,3 +36,35 @@ def write_fake_fashion_mnist(directory, num_train: int, num_test: int) -> str:
         data.write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images)
         data.write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"), labels)
     return str(directory)
+
+
+REPORT_PREFIX = "REPORT "
+
+
+def print_report(record: dict) -> None:
+    """Prints ``record`` as the line :func:`run_on_simulated_devices` reads back."""
+    print(REPORT_PREFIX + json.dumps(record), flush=True)
+
+
+def run_on_simulated_devices(script: str, out_dir, num_devices: int, timeout: int) -> dict:
+    """Runs ``python script out_dir`` with ``num_devices`` simulated CPU devices.
+
+    ``XLA_FLAGS`` must be set before JAX starts its backend, hence a subprocess. Returns the
+    dict of the script's last :func:`print_report` line; fails with its output otherwise.
+    """
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={num_devices}"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(script), str(out_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(REPORT_PREFIX)]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1][len(REPORT_PREFIX) :])

@@ -5,10 +5,8 @@ devices (``XLA_FLAGS`` must be set before JAX starts its backend).
 """
 
 import functools
-import json
 import os
 import runpy
-import subprocess
 import sys
 
 import jax
@@ -16,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import ROOT, print_report, run_on_simulated_devices
 
 from jaxopt_models import models, pruning, quantization, training
 from jaxopt_models.training.parallel import (
@@ -26,7 +25,6 @@ from jaxopt_models.training.parallel import (
     make_mesh,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_CONFIG = os.path.join(ROOT, "experiments", "configs", "digits_mlp.py")
 NUM_DEVICES = 8
 NUM_STEPS = 20
@@ -175,28 +173,13 @@ def worker(out_dir: str) -> None:
     report["bad_axis"] = error_message(
         lambda: training.make_train_step(parallel="sharding", mesh=make_mesh(), axis_name="batch")
     )
-    print("REPORT " + json.dumps(report), flush=True)
+    print_report(report)
 
 
 @pytest.fixture(scope="module")
 def multi_device(tmp_path_factory):
     out = tmp_path_factory.mktemp("parallel")
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_DEVICES}"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, json.loads(lines[-1][len("REPORT ") :])
+    return out, run_on_simulated_devices(__file__, out, NUM_DEVICES, timeout=300)
 
 
 # ------------------------------------------------------------ multi-device tests

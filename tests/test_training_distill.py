@@ -7,7 +7,6 @@ devices (``XLA_FLAGS`` must be set before JAX starts its backend).
 import functools
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import print_report, run_on_simulated_devices
 
 from jaxopt_models import training
 from jaxopt_models.data import get_dataset
@@ -424,28 +424,12 @@ def parallel_worker(out_dir: str) -> None:
             )
             report[name] = [int(state.step), results["test_accuracy"]]
     assert_trees_bitwise_equal(snapshot(teacher.variables), before)
-    print("REPORT " + json.dumps(report), flush=True)
+    print_report(report)
 
 
 @pytest.mark.slow
 def test_train_and_distill_agrees_across_parallel_modes(tmp_path):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_DEVICES}"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(lines[-1][len("REPORT ") :])
+    report = run_on_simulated_devices(__file__, tmp_path, NUM_DEVICES, timeout=600)
     steps = 2 * (256 // 32)
     for path in ("pre", "online"):
         ref = np.load(tmp_path / f"{path}_none.npz")
