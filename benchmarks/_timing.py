@@ -38,6 +38,23 @@ def time_interleaved(
     return out
 
 
+def step_runner(step, state, batch: dict) -> Callable[[], jax.Array]:
+    """A no-argument callable running the compiled library ``step`` once on its own state.
+
+    ``step`` is a ``training.make_train_step(...)`` result; ``state`` and ``batch`` are
+    placed once for its parallel mode, the state is carried from call to call (it is
+    donated), and each call returns the step's loss.
+    """
+    box = {"state": step.place_state(state)}
+    batch = step.place_batch(batch)
+
+    def run():
+        box["state"], metrics = step(box["state"], batch)
+        return metrics["loss"]
+
+    return run
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

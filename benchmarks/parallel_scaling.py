@@ -39,7 +39,13 @@ os.environ["XLA_FLAGS"] = (
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from _timing import median, print_json, print_table, time_interleaved  # noqa: E402
+from _timing import (  # noqa: E402
+    median,
+    print_json,
+    print_table,
+    step_runner,
+    time_interleaved,
+)
 
 from jaxopt_models import models, training  # noqa: E402
 
@@ -51,14 +57,7 @@ def stepper(mode: str, x: np.ndarray, y: np.ndarray):
     model = models.MLP(features=(300, 100), num_classes=10)
     state = training.create_train_state(model, jax.random.key(0), x[:1], optax.adam(1e-3))
     step = training.make_train_step(parallel=mode)
-    box = {"state": step.place_state(state)}
-    batch = step.place_batch({"image": x, "label": y})
-
-    def run():
-        box["state"], metrics = step(box["state"], batch)
-        return metrics["loss"]
-
-    return run, step.num_devices
+    return step_runner(step, state, {"image": x, "label": y}), step.num_devices
 
 
 def main() -> None:

@@ -30,7 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from _timing import median, print_json, print_table, time_interleaved  # noqa: E402
+from _timing import (  # noqa: E402
+    median,
+    print_json,
+    print_table,
+    step_runner,
+    time_interleaved,
+)
 
 from jaxopt_models import models, quantization, training  # noqa: E402
 
@@ -58,14 +64,7 @@ def stepper(variant: str, x: np.ndarray, y: np.ndarray):
         params_fn = functools.partial(quantization.fake_quant_params, bits=8, axis=-1)
     state = training.create_train_state(model, jax.random.key(0), x[:1], optax.adam(1e-3))
     step = training.make_train_step(params_fn=params_fn)
-    box = {"state": step.place_state(state)}
-    batch = step.place_batch({"image": x, "label": y})
-
-    def run():
-        box["state"], metrics = step(box["state"], batch)
-        return metrics["loss"]
-
-    return run
+    return step_runner(step, state, {"image": x, "label": y})
 
 
 def main() -> None:

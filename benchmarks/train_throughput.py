@@ -23,7 +23,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from _timing import median, print_json, print_table, time_interleaved  # noqa: E402
+from _timing import (  # noqa: E402
+    median,
+    print_json,
+    print_table,
+    step_runner,
+    time_interleaved,
+)
 
 from jaxopt_models import models, training  # noqa: E402
 
@@ -125,15 +131,7 @@ def minimal_step_fn(module, x, y, lr=1e-3):
 def ours_step_fn(model, x, y, lr=1e-3):
     """Our library path: ``create_train_state`` + ``make_train_step`` (jit, donated state)."""
     state = training.create_train_state(model, jax.random.key(0), x, optax.adam(lr))
-    step = training.make_train_step()
-    batch = {"image": x, "label": y}
-    holder = {"state": state}
-
-    def run():
-        holder["state"], m = step(holder["state"], batch)
-        return m["loss"]
-
-    return run
+    return step_runner(training.make_train_step(), state, {"image": x, "label": y})
 
 
 def main() -> None:
