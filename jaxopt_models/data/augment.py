@@ -22,6 +22,18 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 SHIFT_MODES = ("edge", "constant")
 
 
+def _check_shift(value, name: str, unit: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0{unit}, got {value!r}")
+    return value
+
+
+def _check_mode(mode: str, name: str) -> str:
+    if mode not in SHIFT_MODES:
+        raise ValueError(f"{name}={mode!r} is not one of {SHIFT_MODES}")
+    return mode
+
+
 def _check_batch(x: jax.Array, name: str = "x") -> None:
     if x.ndim < 3:
         raise ValueError(
@@ -50,10 +62,8 @@ def random_shift(rng: jax.Array, x: jax.Array, max_shift: int, *, mode: str = "e
       ValueError: ``max_shift`` negative or not an int, an unknown ``mode``, or ``x`` with no
         spatial axis.
     """
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-        raise ValueError(f"max_shift must be an int >= 0, got {max_shift!r}")
-    if mode not in SHIFT_MODES:
-        raise ValueError(f"mode={mode!r} is not one of {SHIFT_MODES}")
+    _check_shift(max_shift, "max_shift")
+    _check_mode(mode, "mode")
     x = jnp.asarray(x)
     _check_batch(x)
     if max_shift == 0:
@@ -115,12 +125,10 @@ def make_augment(shift: int = 0, flip: bool = False, *, mode: str = "edge") -> A
     Raises:
       ValueError: a bad ``shift``, ``flip`` or ``mode``.
     """
-    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
-        raise ValueError(f"augment shift must be an int >= 0 (pixels), got {shift!r}")
+    _check_shift(shift, "augment shift", " (pixels)")
     if not isinstance(flip, bool):
         raise ValueError(f"augment flip must be True or False, got {flip!r}")
-    if mode not in SHIFT_MODES:
-        raise ValueError(f"augment mode={mode!r} is not one of {SHIFT_MODES}")
+    _check_mode(mode, "augment mode")
     if shift == 0 and not flip:
         return None
 
