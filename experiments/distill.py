@@ -214,14 +214,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, teacher_dir: str | None
         "distill_augment": None if kd_augment is None else kd_augment.to_dict(),
         "distilled": {},
     }
-    if control:
-        entry = _mean_std(alone_aug)
-        entry["gap_closed"] = (entry["mean"] - student["mean"]) / gap if gap > 0 else None
-        summary["student_augmented"] = entry
-    for t, accs in distilled.items():
+
+    def with_gap_closed(accs: list[float]) -> dict[str, Any]:
         entry = _mean_std(accs)
         entry["gap_closed"] = (entry["mean"] - student["mean"]) / gap if gap > 0 else None
-        summary["distilled"][f"{t:g}"] = entry
+        return entry
+
+    if control:
+        summary["student_augmented"] = with_gap_closed(alone_aug)
+    for t, accs in distilled.items():
+        summary["distilled"][f"{t:g}"] = with_gap_closed(accs)
     os.makedirs(workdir, exist_ok=True)
     atomic_write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
@@ -237,13 +239,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"{'teacher ' + t['model']:<28} {t['test_accuracy']:>40.4f}")
     s = summary["student"]
     print(f"{'student alone':<28} {s['mean']:>31.4f} ± {s['std']:.4f}")
+    rows = [("student distilled T=" + temp, e) for temp, e in summary["distilled"].items()]
     if "student_augmented" in summary:
-        e = summary["student_augmented"]
+        rows.insert(0, ("student alone, augmented", summary["student_augmented"]))
+    for label, e in rows:
         gap = "-" if e["gap_closed"] is None else f"{100 * e['gap_closed']:.0f}%"
-        print(f"{'student alone, augmented':<28} {e['mean']:>31.4f} ± {e['std']:.4f} {gap:>11}")
-    for temp, e in summary["distilled"].items():
-        gap = "-" if e["gap_closed"] is None else f"{100 * e['gap_closed']:.0f}%"
-        print(f"{'student distilled T=' + temp:<28} {e['mean']:>31.4f} ± {e['std']:.4f} {gap:>11}")
+        print(f"{label:<28} {e['mean']:>31.4f} ± {e['std']:.4f} {gap:>11}")
     print(json.dumps(summary, default=str))
 
 
