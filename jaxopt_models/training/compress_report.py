@@ -104,6 +104,23 @@ def _save_png(fig, path: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _label_axes(ax, xlabel: str, title: str) -> None:
+    """The styling every accuracy plot shares: labels, light grid, small legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _write_and_close(fig, path: str, paths: list[str]) -> None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (loaded by write_plots already)
+
+    paths.append(path)
+    _save_png(fig, path)
+    plt.close(fig)
+
+
 def write_plots(results: dict[str, Any], directory: str) -> list[str]:
     """Writes the three PNG plots of a ``compress_and_evaluate`` result (Agg backend).
 
@@ -158,14 +175,8 @@ def write_plots(results: dict[str, Any], directory: str) -> list[str]:
         if name in stages:
             r = stages[name]
             ax.plot(100 * r["kernel_sparsity"], 100 * r["accuracy"], marker, ms=12, label=name)
-    ax.set_xlabel("kernel sparsity (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy vs sparsity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(os.path.join(directory, PLOTS[0]))
-    _save_png(fig, paths[-1])
-    plt.close(fig)
+    _label_axes(ax, "kernel sparsity (%)", "Accuracy vs sparsity")
+    _write_and_close(fig, os.path.join(directory, PLOTS[0]), paths)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, style in (
@@ -183,14 +194,8 @@ def write_plots(results: dict[str, Any], directory: str) -> list[str]:
         ax.axhline(
             100 * stages["shared"]["accuracy"], color="r", ls="--", label="shared + fine-tuned"
         )
-    ax.set_xlabel("bits per weight (kernels)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy vs bits (pruned model)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(os.path.join(directory, PLOTS[1]))
-    _save_png(fig, paths[-1])
-    plt.close(fig)
+    _label_axes(ax, "bits per weight (kernels)", "Accuracy vs bits (pruned model)")
+    _write_and_close(fig, os.path.join(directory, PLOTS[1]), paths)
 
     points = results.get("points", [])
     front = [points[i] for i in pareto_front(points)]
@@ -241,7 +246,5 @@ def write_plots(results: dict[str, Any], directory: str) -> list[str]:
             ax.set_ylabel("test accuracy (%)")
             ax.set_title("Accuracy vs size")
             ax.legend(fontsize=8)
-    paths.append(os.path.join(directory, PLOTS[2]))
-    _save_png(fig, paths[-1])
-    plt.close(fig)
+    _write_and_close(fig, os.path.join(directory, PLOTS[2]), paths)
     return paths
