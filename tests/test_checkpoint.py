@@ -301,12 +301,7 @@ KILL_OVERRIDES = {
 
 def test_sigkilled_run_resumed_is_bitwise_equal_and_skips_the_partial_write(tmp_path):
     config = runpy.run_path(DIGITS_CONFIG)["get_config"]()
-    for key, value in KILL_OVERRIDES.items():
-        *path, last = key.split(".")
-        target = config
-        for p in path:
-            target = target[p]
-        target[last] = value
+    config.update_from_flattened_dict(KILL_OVERRIDES)  # the same overrides the CLI run gets
     ref_state, ref = training.train_and_evaluate(config, str(tmp_path / "ref"))
 
     workdir = tmp_path / "run"

@@ -125,12 +125,7 @@ OVERRIDES = {
 @pytest.mark.parametrize("parallel", ["sharding", "pmap"])
 def test_two_processes_match_the_single_process_run(tmp_path, parallel):
     config = runpy.run_path(DIGITS_CONFIG)["get_config"]()
-    for key, value in OVERRIDES.items():
-        *path, last = key.split(".")
-        target = config
-        for p in path:
-            target = target[p]
-        target[last] = value
+    config.update_from_flattened_dict(OVERRIDES)  # the same overrides the CLI run gets
     ref_state, ref = training.train_and_evaluate(config, None)
 
     workdir = tmp_path / "run"
