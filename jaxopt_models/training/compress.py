@@ -56,6 +56,7 @@ from jaxopt_models.training.loop import (
     train_and_evaluate,
 )
 from jaxopt_models.training.optimizers import make_optimizer
+from jaxopt_models.training.pruning_config import find_prune_state
 from jaxopt_models.training.state import TrainState, count_params
 from jaxopt_models.training.steps import cross_entropy, make_eval_step, make_train_step
 from jaxopt_models.typing import PyTree
@@ -382,17 +383,6 @@ def measure_latency(
     return {n: float(np.median(v)) for n, v in times.items()}
 
 
-def _find_prune_state(opt_state: PyTree) -> pruning.PruneState:
-    found = [
-        s
-        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, pruning.PruneState))
-        if isinstance(s, pruning.PruneState)
-    ]
-    if len(found) != 1:
-        raise RuntimeError(f"expected one PruneState in the optimizer state, found {len(found)}")
-    return found[0]
-
-
 # --------------------------------------------------------------------------- stages
 
 
@@ -505,7 +495,8 @@ def _prune_stage(run: _Run, cur: CompressedModel) -> CompressedModel:
         train_fn=run.train_fn(),
         eval_fn=run.eval_fn,
     )
-    masks = _clean_masks(_find_prune_state(state.opt_state).masks)
+    # tx above chains exactly one prune transform: its state holds the final masks
+    masks = _clean_masks(find_prune_state(state.opt_state).masks)
     # Sparsity of the kernels after each epoch (from the schedule) vs test accuracy.
     sizes = {p: int(np.prod(jnp.shape(x))) for p, x in _named(cur.params) if p in targets}
     curve = []
