@@ -287,3 +287,12 @@ def test_integer_input_and_unknown_calibration():
         quantize(jnp.ones(4), 8, calibration="kl")
     with pytest.raises(ValueError, match="must not be empty"):
         quantize(jnp.zeros((0, 3)), 8)
+
+
+def test_zero_point_at_an_exact_tie_matches_the_float64_reference():
+    # lo / scale is exactly -7.5 in float64; dividing by the rounded float32 scale gave
+    # -7.4999995 and a zero point one step off (found by test_error_bound_property)
+    x = np.zeros((4, 6), np.float32)
+    x[0, :2] = (-722.0, 722.0)
+    q = check_against_reference(x, 4, False)
+    assert int(np.asarray(q.zero_point).ravel()[0]) == 0

@@ -101,12 +101,21 @@ def scale_and_zero_point(
         lo = jnp.minimum(lo, 0)
         hi = jnp.maximum(hi, 0)
         scale = (hi - lo) / (qmax - qmin)
-    scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+    valid = scale > 0
+    scale = jnp.where(valid, scale, jnp.ones_like(scale))
     if power_of_two:
         scale = jnp.exp2(jnp.ceil(jnp.log2(scale)))
     if symmetric:
         return scale, None
-    zero_point = jnp.clip(qmin - jnp.round(lo / scale), qmin, qmax)
+    if power_of_two:
+        lo_steps = lo / scale
+    else:
+        # lo / scale without the scale's own rounding: lo * (qmax - qmin) / (hi - lo). Dividing
+        # by the rounded float32 scale can move an exact tie (e.g. -7.5 -> -7.4999995) and
+        # shift the zero point by one step.
+        span = jnp.where(valid, hi - lo, jnp.ones_like(hi))
+        lo_steps = jnp.where(valid, lo * (qmax - qmin) / span, lo)
+    zero_point = jnp.clip(qmin - jnp.round(lo_steps), qmin, qmax)
     return scale, zero_point.astype(storage_dtype(bits))
 
 
