@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.data.idx import read_idx
 
 
@@ -267,8 +268,7 @@ def get_dataset(
     Example:
       >>> ds = get_dataset("digits")
     """
-    if name not in _SOURCES:
-        raise ValueError(f"dataset name={name!r} is not known; allowed values: {dataset_names()}")
+    check_one_of("dataset name", name, dataset_names())
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     ds = _SOURCES[name](**kwargs)
     if num_train is not None or num_test is not None:

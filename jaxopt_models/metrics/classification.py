@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxopt_models.checks import check_one_of
+
 AVERAGES = ("macro", "micro", "weighted", None)
 
 
@@ -81,8 +83,7 @@ def precision_recall_f1(
     Example:
       >>> precision_recall_f1([0, 1, 1], [0, 1, 0])["f1"]
     """
-    if average not in AVERAGES:
-        raise ValueError(f"average={average!r} is not known; allowed values: {AVERAGES}")
+    check_one_of("average", average, AVERAGES)
     cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
     tp = np.diag(cm)
     support = cm.sum(1)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.models.initializers import get_initializer
 from jaxopt_models.models.mlp import ActQuant, _quant
 
@@ -44,8 +45,7 @@ def pool(x: jax.Array, kind: str | None, window: int = 2) -> jax.Array:
     """
     if kind is None:
         return x
-    if kind not in ("max", "avg"):
-        raise ValueError(f"pool={kind!r} is not known; allowed values: {POOLS}")
+    check_one_of("pool", kind, POOLS)
     spatial = x.shape[1:-1]
     if all(s % window == 0 for s in spatial):
         shape = [x.shape[0]]

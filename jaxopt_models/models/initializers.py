@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from jaxopt_models.checks import check_one_of
+
 Initializer = Callable
 
 _INITIALIZERS: dict[str, Callable[[], Initializer]] = {
@@ -35,6 +37,4 @@ def get_initializer(name: str | Initializer) -> Initializer:
     """
     if callable(name):
         return name
-    if name not in _INITIALIZERS:
-        raise ValueError(f"kernel_init={name!r} is not known; allowed values: {KERNEL_INITS}")
-    return _INITIALIZERS[name]()
+    return _INITIALIZERS[check_one_of("kernel_init", name, KERNEL_INITS)]()

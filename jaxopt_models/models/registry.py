@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.models.cnn import DeepCNN, lenet5, lenet5_caffe, mnist1d_cnn
 from jaxopt_models.models.mlp import MLP, lenet300_100
 from jaxopt_models.models.rnn import RNNClassifier
@@ -48,8 +49,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
     Example:
       >>> model = get_model("mlp", features=(300, 100), kernel_init="xavier_uniform")
     """
-    if name not in _MODELS:
-        raise ValueError(f"model name={name!r} is not known; allowed values: {model_names()}")
+    check_one_of("model name", name, model_names())
     try:
         return _MODELS[name](**kwargs)
     except TypeError as e:

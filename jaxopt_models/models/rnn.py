@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.models.initializers import get_initializer
 from jaxopt_models.models.mlp import ActQuant, _quant
 
@@ -40,8 +41,7 @@ class RNNClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if self.cell not in CELLS:
-            raise ValueError(f"cell={self.cell!r} is not known; allowed values: {CELLS}")
+        check_one_of("cell", self.cell, CELLS)
         init = get_initializer(self.kernel_init)
         x = x.astype(jnp.float32)
         if x.ndim == 2:

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from jaxopt_models import compression, pruning, quantization
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.data import Dataset, steps_per_epoch
 from jaxopt_models.models import get_model
 from jaxopt_models.training import compress_report
@@ -656,11 +657,7 @@ def validate_compress_config(config, params: PyTree | None = None) -> None:
             f"config.prune.slim=True needs prune.structure='channels', got "
             f"{config.prune.structure!r}"
         )
-    if config.student.teacher not in ("dense", "compressed"):
-        raise ValueError(
-            f"config.student.teacher={config.student.teacher!r} is not known; allowed: "
-            "'dense', 'compressed'"
-        )
+    check_one_of("config.student.teacher", config.student.teacher, ("dense", "compressed"))
     if params is not None:
         _check_layer_keys(config.prune.get("layers"), params, "prune.layers")
         _check_layer_keys(config.share.get("layers"), params, "share.layers")

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.data import Dataset, eval_batches, steps_per_epoch
 from jaxopt_models.data.augment import AugmentFn
 from jaxopt_models.distillation import (
@@ -89,8 +90,7 @@ def make_distill_loss(kind: str = "kl", *, temperature: float, alpha: float) -> 
     Example:
       >>> loss_fn = make_distill_loss("kl", temperature=4.0, alpha=0.9)
     """
-    if kind not in DISTILL_LOSSES:
-        raise ValueError(f"kind={kind!r} is not known; allowed values: {DISTILL_LOSSES}")
+    check_one_of("kind", kind, DISTILL_LOSSES)
     validate_temperature(temperature)
     validate_alpha(alpha)
     if kind == "kl":

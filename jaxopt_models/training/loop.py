@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.data import (
     Dataset,
     epoch_permutation,
@@ -170,10 +171,7 @@ MAX_UNSYNCED_PARALLEL_STEPS = 25
 
 def _choice(config, key: str, allowed: tuple[str, ...], default: str) -> str:
     value = config.get(key, default)
-    value = default if value is None else value
-    if value not in allowed:
-        raise ValueError(f"config.{key}={value!r} is not known; allowed values: {allowed}")
-    return value
+    return check_one_of(f"config.{key}", default if value is None else value, allowed)
 
 
 def _is_prng_key(x: Any) -> bool:

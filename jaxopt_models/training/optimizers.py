@@ -4,6 +4,8 @@ from typing import Any
 
 import optax
 
+from jaxopt_models.checks import check_one_of
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant")
 
@@ -30,8 +32,7 @@ def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"optimizer.learning_rate={lr!r} must be a number > 0")
     name = _get(cfg, "schedule", "constant")
-    if name not in SCHEDULES:
-        raise ValueError(f"optimizer.schedule={name!r} is not known; allowed values: {SCHEDULES}")
+    check_one_of("optimizer.schedule", name, SCHEDULES)
     if total_steps <= 0:
         raise ValueError(f"total_steps={total_steps!r} must be > 0")
     warmup = int(_get(cfg, "warmup_steps", 0))
@@ -69,8 +70,7 @@ def make_optimizer(cfg: Any, total_steps: int = 1) -> optax.GradientTransformati
       ...                     total_steps=1000)
     """
     name = _get(cfg, "name", None)
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name={name!r} is not known; allowed values: {OPTIMIZERS}")
+    check_one_of("optimizer.name", name, OPTIMIZERS)
     lr = make_schedule(cfg, total_steps)
     wd = float(_get(cfg, "weight_decay", 0.0))
     if wd < 0:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.typing import PyTree
 
 PARALLEL_MODES = ("none", "sharding", "pmap")
@@ -164,10 +165,7 @@ class ParallelStep:
         donate: bool = True,
         skip_nonfinite: bool = False,
     ):
-        if parallel not in PARALLEL_MODES:
-            raise ValueError(
-                f"parallel={parallel!r} is not known; allowed values: {PARALLEL_MODES}"
-            )
+        check_one_of("parallel", parallel, PARALLEL_MODES)
         if not callable(step_fn):
             raise TypeError(f"step_fn={step_fn!r} must be callable (state, batch, *extra)")
         if not isinstance(axis_name, str) or not axis_name:

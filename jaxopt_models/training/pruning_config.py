@@ -17,6 +17,7 @@ import optax
 from ml_collections import config_dict
 
 from jaxopt_models import pruning
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.pruning.structures import as_structure
 from jaxopt_models.typing import PyTree
 
@@ -111,10 +112,7 @@ def pruning_enabled(config) -> bool:
       False
     """
     method = _get(_section(config), "method", "none")
-    if method not in PRUNING_METHODS:
-        raise ValueError(
-            f"config.pruning.method={method!r} is not known; allowed values: {PRUNING_METHODS}"
-        )
+    check_one_of("config.pruning.method", method, PRUNING_METHODS)
     return method != "none"
 
 
@@ -207,10 +205,7 @@ def make_pruning(config, total_steps: int) -> optax.GradientTransformationExtraA
     method = _get(section, "method", "none")
     sparsity = _number(section, "sparsity", 0.0, 1.0, high_open=True)
     name = _get(section, "schedule", "polynomial")
-    if name not in PRUNING_SCHEDULES:
-        raise ValueError(
-            f"config.pruning.schedule={name!r} is not known; allowed values: {PRUNING_SCHEDULES}"
-        )
+    check_one_of("config.pruning.schedule", name, PRUNING_SCHEDULES)
     begin, end = schedule_steps(config, total_steps)
     if name == "constant":
         schedule = pruning.constant(sparsity)
@@ -231,10 +226,7 @@ def make_pruning(config, total_steps: int) -> optax.GradientTransformationExtraA
             raise ValueError(f"config.pruning.power={power!r} must be a number > 0")
         schedule = pruning.polynomial(sparsity, begin, end, initial, float(power), frequency)
     scope = _get(section, "scope", "layer")
-    if scope not in PRUNING_SCOPES:
-        raise ValueError(
-            f"config.pruning.scope={scope!r} is not known; allowed values: {PRUNING_SCOPES}"
-        )
+    check_one_of("config.pruning.scope", scope, PRUNING_SCOPES)
     structure = _get(section, "structure", "unstructured")
     try:
         structure = as_structure(structure)
@@ -248,11 +240,7 @@ def make_pruning(config, total_steps: int) -> optax.GradientTransformationExtraA
     elif isinstance(structure, pruning.Channels):
         structure = pruning.channels(axis, structure.norm)
     distribution = _get(section, "distribution", "uniform")
-    if distribution not in PRUNING_DISTRIBUTIONS:
-        raise ValueError(
-            f"config.pruning.distribution={distribution!r} is not known; allowed values: "
-            f"{PRUNING_DISTRIBUTIONS}"
-        )
+    check_one_of("config.pruning.distribution", distribution, PRUNING_DISTRIBUTIONS)
     if scope == "global" and distribution != "uniform":
         raise ValueError(
             f"config.pruning.scope='global' needs config.pruning.distribution='uniform', "

@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 
 from jaxopt_models import quantization as qz
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.typing import PyTree
 
 WEIGHT_MODES = ("uniform", "binary", "ternary")
@@ -87,10 +88,7 @@ def _flag(section, key: str) -> bool:
 
 
 def _choice(section, key: str, allowed: tuple[str, ...]) -> str:
-    value = _get(section, key)
-    if value not in allowed:
-        raise ValueError(f"config.quantization.{key}={value!r} is not known; allowed: {allowed}")
-    return value
+    return check_one_of(f"config.quantization.{key}", _get(section, key), allowed)
 
 
 def weight_quantizer(config) -> Callable[[Any], Any] | None:
