@@ -9,11 +9,11 @@ student, 8-bit quantization of the float tensors left, Huffman-coded file.
   # smoke test size: --config=experiments/configs/digits_deep_compression.py:quick
 """
 
-from jaxopt_models.training import default_compress_config
+from jaxopt_models.recipes import compress
 
 
 def get_config(variant: str = ""):
-    c = default_compress_config()
+    c = compress.default_config()
     c.dataset.name = "digits"
     c.model.name = "mlp"
     c.model.features = (128, 64)
@@ -25,35 +25,34 @@ def get_config(variant: str = ""):
     c.eval_batch_size = 512
     c.num_epochs = 30
     c.log_every_epochs = 10
-    c.progress = False
-    c.prune.epochs = 30
-    c.prune.sparsity = 0.9
-    c.prune.layers = {"Dense_2": 0.7}
-    c.prune.optimizer.learning_rate = 1e-3
-    c.share.bits = 5
-    c.share.epochs = 5
-    c.share.optimizer.learning_rate = 1e-4
-    c.student.enabled = True
-    c.student.epochs = 40
-    c.student.model = {"name": "mlp", "features": (32,), "kernel_init": "he_normal"}
-    c.student.optimizer.learning_rate = 3e-3
-    c.distill.temperature = 4.0
-    c.distill.alpha = 0.7
-    c.quantize.bits = 8
-    c.quantize.bias_bits = 8
+    c.pruning.sparsity = 0.9
+    c.pruning.layers = {"Dense_2": 0.7}
+    c.stages.prune.epochs = 30
+    c.stages.prune.optimizer.learning_rate = 1e-3
+    c.sharing.bits = 5
+    c.stages.share.epochs = 5
+    c.stages.share.optimizer.learning_rate = 1e-4
+    c.stages.student.enabled = True
+    c.stages.student.epochs = 40
+    c.stages.student.model = {"name": "mlp", "features": (32,), "kernel_init": "he_normal"}
+    c.stages.student.optimizer.learning_rate = 3e-3
+    c.distillation.temperature = 4.0
+    c.distillation.alpha = 0.7
+    c.ptq.weight_bits = 8
+    c.ptq.bias_bits = 8
     c.sweep.sparsities = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
     c.sweep.bits = (1, 2, 3, 4, 5, 6, 8)
     c.latency.batch_size = 256
     if variant == "quick":
         c.num_epochs = 3
         c.log_every_epochs = 3
-        c.prune.epochs = 2
-        c.share.epochs = 1
-        c.student.epochs = 2
+        c.stages.prune.epochs = 2
+        c.stages.share.epochs = 1
+        c.stages.student.epochs = 2
         c.sweep.sparsities = (0.5, 0.9)
         c.sweep.bits = (4,)
         c.latency.rounds = 2
         c.latency.iters = 1
     elif variant:
-        raise ValueError(f"variant={variant!r} is not known; allowed: '', 'quick'")
+        raise ValueError(f"variant={variant!r} is not known; allowed values: ('', 'quick')")
     return c

@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_models.compression._tree import FilterFn, path_name
+from jaxopt_models.tree import is_kernel
 from jaxopt_models.typing import PyTree
 
 SUFFIX_A, SUFFIX_B = "_a", "_b"
 
 
 def _default_filter(path: str, leaf) -> bool:
-    return path.split("/")[-1] == "kernel" and getattr(leaf, "ndim", 0) >= 2
+    return path.split("/")[-1] == "kernel" and is_kernel(path, leaf)
 
 
 def rank_for_energy(singular_values: np.ndarray, energy: float) -> int:

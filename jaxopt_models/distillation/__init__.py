@@ -1,7 +1,7 @@
 """Knowledge-distillation losses: soft targets (KD), logit matching and hint losses.
 
-Pure functions over arrays and pytrees; the teacher-student train step that uses them is
-``jaxopt_models.training.distill``.
+Pure functions over arrays and pytrees, the frozen ``Teacher`` and the per-example loss
+factory; the teacher-student protocol that uses them is ``jaxopt_models.recipes.distill``.
 """
 
 from jaxopt_models.distillation.features import FeatureProjection as FeatureProjection
@@ -16,3 +16,7 @@ from jaxopt_models.distillation.losses import kd_loss as kd_loss
 from jaxopt_models.distillation.losses import mse_logits_loss as mse_logits_loss
 from jaxopt_models.distillation.losses import validate_alpha as validate_alpha
 from jaxopt_models.distillation.losses import validate_temperature as validate_temperature
+from jaxopt_models.distillation.teacher import DISTILL_LOSSES as DISTILL_LOSSES
+from jaxopt_models.distillation.teacher import Teacher as Teacher
+from jaxopt_models.distillation.teacher import make_distill_loss as make_distill_loss
+from jaxopt_models.distillation.teacher import teacher_logits as teacher_logits

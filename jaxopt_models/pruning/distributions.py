@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxopt_models.pruning._paths import flatten_with_paths, path_matches
+from jaxopt_models.pruning._paths import best_rule, flatten_with_paths, path_matches
+from jaxopt_models.tree import is_kernel
 from jaxopt_models.typing import PyTree
 
 FilterFn = Callable[[str, Any], bool]
@@ -39,7 +40,7 @@ def default_filter(path: str, leaf: Any) -> bool:
       >>> default_filter("Dense_0/bias", jnp.zeros(4))
       False
     """
-    return jnp.ndim(leaf) > 1 and path.rsplit("/", 1)[-1] != "embedding"
+    return is_kernel(path, leaf)
 
 
 def is_concrete(x: Any) -> bool:
@@ -220,7 +221,7 @@ def per_layer_sparsity(
         if not matches:
             out.append(0.0 if default is None else default)
             continue
-        key = max(matches, key=lambda k: len([c for c in k.split("/") if c]))
+        key = best_rule(mapping, path)
         used.update(matches)
         value = mapping[key]
         if value is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -96,11 +97,53 @@ SCORERS: dict[str, Scorer] = {
 """Built-in scorers by name, in the ``scorer(params, grads, key)`` form."""
 
 
-def get_scorer(scorer: str | Scorer) -> Scorer:
-    """Resolves a scorer name (``"magnitude"``, ``"random"``, ``"saliency"``) or passes a callable.
+_SCORER_ARGS = ("params", "grads", "key")
 
-    A user scorer is any callable ``scorer(params, grads, key) -> scores``; it is returned
-    unchanged. This is the plug-in point for new pruning criteria.
+
+def _adapt(scorer: Callable[..., PyTree]) -> Scorer:
+    """Wraps a scorer of ``params`` and optionally ``grads`` / ``key`` into the 3-arg form."""
+    try:
+        sig = inspect.signature(scorer)
+    except (TypeError, ValueError):  # builtins without a signature: assume the full form
+        return scorer
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return scorer
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    kw_only = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    required = [
+        p.name
+        for p in params
+        if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    accepted = set(names) | kw_only
+    unknown = [n for n in required if n not in _SCORER_ARGS and n != (names[0] if names else "")]
+    if not names or unknown or len(names) > 3:
+        raise TypeError(
+            f"scorer {getattr(scorer, '__name__', scorer)!r} has signature {sig}; a scorer takes "
+            "the params as its first argument and optionally `grads` and/or `key` (by those "
+            "names), e.g. `def my_scores(params, grads): ...`"
+        )
+    if names[1:] == ["grads", "key"] or len(names) == 3:
+        return scorer
+    want = [n for n in ("grads", "key") if n in accepted]
+
+    def adapted(params, grads, key):
+        extra = {"grads": grads, "key": key}
+        return scorer(params, **{n: extra[n] for n in want})
+
+    adapted.__name__ = getattr(scorer, "__name__", "scorer")
+    return adapted
+
+
+def get_scorer(scorer: str | Callable[..., PyTree]) -> Scorer:
+    """Resolves a scorer name (``"magnitude"``, ``"random"``, ``"saliency"``) or a callable.
+
+    A user scorer takes the params first and optionally ``grads`` and/or ``key`` (by those
+    names): ``scorer(params)``, ``scorer(params, grads)``, ``scorer(params, key)``,
+    ``scorer(params, grads, key)``. The library's own ``magnitude_scores``,
+    ``saliency_scores`` and ``random_scores`` are such scorers. This is the plug-in point for
+    new pruning criteria; the signature is checked here, at construction.
 
     Args:
       scorer: a name from :data:`SCORERS` or a callable.
@@ -109,21 +152,22 @@ def get_scorer(scorer: str | Scorer) -> Scorer:
       A callable ``(params, grads, key) -> scores``.
 
     Raises:
-      ValueError: for an unknown name. TypeError: for anything else that is not callable.
+      ValueError: for an unknown name. TypeError: for anything else that is not callable or
+        a callable whose signature is not one of the forms above.
 
     Example:
-      >>> fn = get_scorer("magnitude")
+      >>> fn = get_scorer(magnitude_scores)
       >>> fn({"w": jnp.array([-2.0])}, None, None)["w"].tolist()
       [2.0]
     """
     if isinstance(scorer, str):
         if scorer not in SCORERS:
             raise ValueError(
-                f"scorer must be one of {sorted(SCORERS)} or a callable, got {scorer!r}."
+                f"scorer={scorer!r} is not known; allowed values: {sorted(SCORERS)} or a callable"
             )
         return SCORERS[scorer]
     if not callable(scorer):
         raise TypeError(
-            f"scorer must be a name or a callable (params, grads, key), got {scorer!r}."
+            f"scorer must be a name or a callable (params[, grads][, key]), got {scorer!r}."
         )
-    return scorer
+    return _adapt(scorer)

@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxopt_models.pruning._paths import flatten_with_paths
 from jaxopt_models.pruning.masks import check_masks
+from jaxopt_models.tree import is_kernel
 from jaxopt_models.typing import PyTree
 
 
@@ -97,3 +98,32 @@ def format_summary(info: dict[str, Any]) -> str:
             lines.append("-" * len(header))
         lines.append(f"{name:<{name_w}}  {shape:<{shape_w}}  {n:>10d}  {nz:>10d}  {100 * s:>7.2f}%")
     return "\n".join(lines)
+
+
+def sparsity_summary(params: PyTree, masks: PyTree | None = None) -> dict[str, Any]:
+    """:func:`summary` plus the totals over the prunable kernels alone.
+
+    Args:
+      params: a params pytree.
+      masks: optional boolean masks (a weight counts as nonzero when nonzero and kept).
+
+    Returns:
+      ``{"layers", "total"}`` of :func:`summary` and ``"prunable"``: params / nonzeros /
+      sparsity over the leaves ``jaxopt_models.tree.is_kernel`` selects (kernels, not
+      biases, norm scales or embeddings).
+
+    Example:
+      >>> sparsity_summary(state.params)["prunable"]["sparsity"]
+      0.9
+    """
+    params = jax.device_get(params)
+    info = summary(params, None if masks is None else jax.device_get(masks))
+    n = nz = 0
+    for (path, row), leaf in zip(info["layers"].items(), jax.tree.leaves(params), strict=True):
+        if is_kernel(path, leaf):
+            n += row["params"]
+            nz += row["nonzeros"]
+    return {
+        **info,
+        "prunable": {"params": n, "nonzeros": nz, "sparsity": 1.0 - nz / n if n else 0.0},
+    }

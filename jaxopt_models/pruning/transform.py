@@ -213,3 +213,38 @@ def keep_masks(masks: PyTree) -> optax.GradientTransformation:
         return _masked_updates(updates, params, state.masks, flags), state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def find_prune_state(opt_state: PyTree) -> PruneState | KeepMasksState | None:
+    """The first :class:`PruneState` / :class:`KeepMasksState` in an optimizer state, or None.
+
+    Args:
+      opt_state: an optimizer state (e.g. of ``optax.chain(adam, prune(...))``).
+
+    Returns:
+      The state of the first ``prune`` / ``keep_masks`` transform; its ``masks`` are the
+      current masks.
+
+    Example:
+      >>> masks = find_prune_state(state.opt_state).masks
+    """
+    is_prune = lambda x: isinstance(x, (PruneState, KeepMasksState))
+    for node in jax.tree.leaves(opt_state, is_leaf=is_prune):
+        if is_prune(node):
+            return node
+    return None
+
+
+def replace_masks(opt_state: PyTree, masks: PyTree) -> PyTree:
+    """``opt_state`` with the masks of every :class:`KeepMasksState` replaced by ``masks``.
+
+    Lets one compiled train step (``keep_masks`` in its optimizer) train under different
+    fixed masks, e.g. the rounds of iterative magnitude pruning.
+
+    Example:
+      >>> opt_state = replace_masks(tx.init(params), masks)
+    """
+    is_keep = lambda x: isinstance(x, KeepMasksState)
+    return jax.tree.map(
+        lambda x: KeepMasksState(masks) if is_keep(x) else x, opt_state, is_leaf=is_keep
+    )

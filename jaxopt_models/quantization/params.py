@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxopt_models.quantization.fake_quant import fake_quant
 from jaxopt_models.quantization.qtensor import QTensor, dequantize
 from jaxopt_models.quantization.quantize import quantize
+from jaxopt_models.tree import is_kernel
 from jaxopt_models.typing import PyTree
 
 FilterFn = Callable[[str, Any], bool]
@@ -44,10 +44,7 @@ def default_filter(path: str, leaf: Any) -> bool:
       >>> default_filter("Dense_0/bias", jnp.zeros(4))
       False
     """
-    del path
-    return (
-        hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating) and jnp.ndim(leaf) > 1
-    )
+    return hasattr(leaf, "dtype") and is_kernel(path, leaf)
 
 
 def _is_qtensor(x: Any) -> bool:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from jaxopt_models._optional import require
 from jaxopt_models.training.io import atomic_write_bytes
 
 PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_bits.png", "accuracy_vs_bytes.png")
@@ -98,6 +99,46 @@ def pareto_front(points: Sequence[dict[str, Any]]) -> list[int]:
     return front
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (ImportError naming the extra when missing)."""
+    matplotlib = require("matplotlib", "experiments", "plots")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str) -> str:
+    """Draws a training run's loss and accuracy per epoch (train and validation) as a PNG.
+
+    Args:
+      history: ``fit``'s per-epoch records (``train_loss``, ``train_accuracy`` and, where
+        evaluated, ``val_loss`` / ``val_accuracy``).
+      path: where to write the PNG (atomically).
+
+    Returns:
+      ``path``.
+
+    Example:
+      >>> plot_curves(results["history"], "runs/digits/curves.png")
+    """
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        for split, style in (("train", "o-"), ("val", "s--")):
+            points = [(r["epoch"], r[f"{split}_{key}"]) for r in history if f"{split}_{key}" in r]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, style, label="validation" if split == "val" else split, ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save_png(fig, path)
+    plt.close(fig)
+    return path
+
+
 def _save_png(fig, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -143,11 +184,7 @@ def write_plots(results: dict[str, Any], directory: str) -> list[str]:
     Example:
       >>> write_plots(results, "runs/dc")
     """
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = _pyplot()
     os.makedirs(directory, exist_ok=True)
     stages = {r["stage"]: r for r in results["stages"]}
     curves = results.get("curves", {})

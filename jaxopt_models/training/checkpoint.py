@@ -10,6 +10,7 @@ interrupted write is never listed as a step. Saving is collective in a multi-pro
 """
 
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -19,6 +20,10 @@ import orbax.checkpoint as ocp
 from jaxopt_models.typing import PyTree
 
 FORMAT_VERSION = 1
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint whose tree differs from the state being restored."""
 
 
 def _is_key(x: Any) -> bool:
@@ -169,7 +174,11 @@ class Checkpointer:
         return step
 
     def restore(self, template: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
-        """Restores ``step`` (default the latest) into the structure of ``template``.
+        """Restores ``step`` (default: the newest readable one) into ``template``'s structure.
+
+        With ``step=None`` a newest checkpoint that cannot be read (a corrupt or partly
+        deleted directory) is skipped with a warning naming it, and the one before it is
+        tried, down to the oldest; only when none can be read is the first error raised.
 
         Args:
           template: a pytree with the same structure, shapes and dtypes as the saved one
@@ -185,7 +194,31 @@ class Checkpointer:
           ValueError: the checkpoint's tree (paths, shapes, dtypes) differs from
             ``template``'s, e.g. it belongs to a different model.
         """
-        step = self._resolve(step)
+        if step is not None:
+            return self._restore(template, self._resolve(step))
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        first_error = None
+        for candidate in reversed(steps):
+            try:
+                return self._restore(template, candidate)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001  (orbax / JSON / OS errors of a bad step)
+                first_error = first_error or e
+                warnings.warn(
+                    f"checkpoint step {candidate} in {self.directory} cannot be read "
+                    f"({type(e).__name__}: {str(e)[:200]}); trying the one before it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        raise ValueError(
+            f"no checkpoint in {self.directory} can be read (steps {steps}); the newest "
+            f"failed with {type(first_error).__name__}: {str(first_error)[:300]}"
+        ) from first_error
+
+    def _restore(self, template: PyTree, step: int) -> tuple[PyTree, dict[str, Any]]:
         meta = self.metadata(step)
         saved = meta.get("leaves", [])
         wanted, template_leaves = _leaf_records(template)
@@ -193,7 +226,7 @@ class Checkpointer:
         if problems:
             shown = "; ".join(problems[:6])
             more = f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"the checkpoint at step {step} in {self.directory} does not match the "
                 f"state being restored (a different model or optimizer?): {shown}{more}"
             )

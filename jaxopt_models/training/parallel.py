@@ -400,3 +400,30 @@ def as_parallel_step(train_fn: Callable) -> ParallelStep:
     ParallelStep.__init__(wrapper, train_fn, parallel="none", donate=False)
     wrapper._fn = train_fn  # already compiled by the caller: call it as it is
     return wrapper
+
+
+class _BoundStep(ParallelStep):
+    """A ``ParallelStep`` that appends frozen ``extra`` arguments to every call."""
+
+    def __init__(self, step: ParallelStep, extra: tuple[Any, ...]):
+        self.__dict__.update(vars(step))
+        # "none" passes extras through as given: put them on the device once here
+        self._bound_extra = jax.device_put(extra) if step.mode == "none" else extra
+
+    def __call__(self, state, batch, *extra):
+        return super().__call__(state, batch, *self._bound_extra, *extra)
+
+
+def bind_extra(step: ParallelStep, *extra: Any) -> ParallelStep:
+    """``step`` with frozen ``extra`` arguments appended to every call.
+
+    ``fit`` calls ``train_fn(state, batch)``; a step that also reads frozen inputs (a
+    teacher's variables, say) gets them bound here, placed on the device(s) once.
+
+    Example:
+      >>> step = bind_extra(make_train_step(target_fn=teacher_fn), teacher.variables)
+      >>> state, metrics = step(state, batch)
+    """
+    if not isinstance(step, ParallelStep):
+        raise TypeError(f"step must be a ParallelStep (make_train_step), got {type(step).__name__}")
+    return _BoundStep(step, extra)

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxopt_models.data.augment import AugmentFn
 from jaxopt_models.training.parallel import DATA_AXIS, ParallelStep, cross_replica_mean
 from jaxopt_models.training.state import TrainState
 from jaxopt_models.typing import PyTree
@@ -16,6 +15,10 @@ from jaxopt_models.typing import PyTree
 Batch = dict[str, jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 ParamsFn = Callable[[PyTree], PyTree]
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+"""``augment_fn(rng, inputs) -> inputs``: a jittable batch augmentation."""
+TargetFn = Callable[..., jax.Array]
+"""``target_fn(inputs, batch, *extra) -> targets``: frozen per-example targets (no gradient)."""
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -99,38 +102,59 @@ def apply_objective(
 def train_step(
     state: TrainState,
     batch: Batch,
-    *,
-    loss_fn: LossFn = cross_entropy,
+    *extra: Any,
+    loss_fn: Callable[..., jax.Array] = cross_entropy,
     params_fn: ParamsFn | None = None,
     augment_fn: AugmentFn | None = None,
+    target_fn: TargetFn | None = None,
     axis_name: str | None = None,
+    input_key: str = "image",
+    label_key: str = "label",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on ``batch`` (pure; jit it or use ``make_train_step``).
 
     Args:
       state: the current ``TrainState``.
-      batch: ``{"image": (N, ...), "label": (N,)}``.
-      loss_fn: per-example loss ``(logits, labels) -> (N,)``; averaged over the batch.
+      batch: ``{input_key: (N, ...), label_key: (N, ...)}`` and anything ``target_fn``
+        reads.
+      *extra: frozen inputs passed to ``target_fn`` (e.g. a teacher's variables); read,
+        never differentiated or returned.
+      loss_fn: per-example loss ``(logits, labels) -> (N, ...)``, or with ``target_fn``
+        ``(logits, targets, labels) -> (N, ...)``; averaged over all its elements.
       params_fn: optional transform of the params inside the loss (e.g. weight
         fake-quantization for QAT); gradients flow through it to the float params.
-      augment_fn: optional ``fn(rng, images) -> images`` applied to the batch first
-        (``data.make_augment``), with a key derived from the state's key and step.
+      augment_fn: optional ``fn(rng, inputs) -> inputs`` applied to the batch first, with a
+        key derived from the state's key and step.
+      target_fn: optional ``fn(inputs, batch, *extra) -> targets`` computed on the
+        (augmented) inputs under ``stop_gradient``, e.g. a frozen teacher's logits
+        (``lambda x, batch, variables: teacher.apply_fn(variables, x, train=False)``) or
+        logits carried by the batch (``lambda x, batch: batch["teacher_logits"]``).
       axis_name: the ``pmap`` axis when run under ``pmap`` (``make_train_step`` passes
         it): gradients, metrics and batch statistics are averaged over it and each
         device draws its own dropout mask. ``None`` under ``jit``.
+      input_key / label_key: the batch keys of the model input and the labels.
 
     Returns:
       ``(new_state, {"loss": scalar, "accuracy": scalar})``.
     """
     rng = step_rng(state, axis_name)
-    images = augment_images(rng, batch["image"], augment_fn)
+    inputs = augment_images(rng, batch[input_key], augment_fn)
+    labels = batch[label_key]
+    targets = None
+    if target_fn is not None:
+        targets = jax.lax.stop_gradient(target_fn(inputs, batch, *extra))
+    elif extra:
+        raise TypeError(f"train_step got {len(extra)} extra argument(s) but no target_fn")
 
     def objective(params):
         p = params if params_fn is None else params_fn(params)
-        logits, new_model_state = forward(state, p, images, train=True, rng=rng)
-        return loss_fn(logits, batch["label"]).mean(), (logits, new_model_state)
+        logits, new_model_state = forward(state, p, inputs, train=True, rng=rng)
+        per_example = loss_fn(logits, labels) if target_fn is None else loss_fn(
+            logits, targets, labels
+        )
+        return per_example.mean(), (logits, new_model_state)
 
-    return apply_objective(state, objective, batch["label"], axis_name=axis_name)
+    return apply_objective(state, objective, labels, axis_name=axis_name)
 
 
 def eval_step(
@@ -139,23 +163,26 @@ def eval_step(
     *,
     loss_fn: LossFn = cross_entropy,
     params_fn: ParamsFn | None = None,
+    input_key: str = "image",
+    label_key: str = "label",
 ) -> dict[str, jax.Array]:
     """Per-example predictions and losses on ``batch`` in inference mode.
 
     Args:
       state: a ``TrainState`` (only ``params``, ``model_state`` and ``apply_fn`` are read).
-      batch: ``{"image": (N, ...), "label": (N,)}`` (a ``"mask"`` is ignored here).
-      loss_fn: per-example loss.
+      batch: ``{input_key: (N, ...), label_key: (N, ...)}`` (a ``"mask"`` is ignored here).
+      loss_fn: per-example loss ``(logits, labels)``.
       params_fn: optional params transform (as in ``train_step``).
+      input_key / label_key: the batch keys of the model input and the labels.
 
     Returns:
-      ``{"pred": (N,) int32, "loss": (N,) float32}``.
+      ``{"pred": (N, ...) int32, "loss": (N, ...) float32}``.
     """
     p = state.params if params_fn is None else params_fn(state.params)
-    logits, _ = forward(state, p, batch["image"], train=False)
+    logits, _ = forward(state, p, batch[input_key], train=False)
     return {
         "pred": jnp.argmax(logits, -1).astype(jnp.int32),
-        "loss": loss_fn(logits, batch["label"]),
+        "loss": loss_fn(logits, batch[label_key]),
     }
 
 
@@ -165,6 +192,7 @@ def make_train_step(
     loss_fn: LossFn | None = None,
     params_fn: ParamsFn | None = None,
     augment_fn: AugmentFn | None = None,
+    target_fn: TargetFn | None = None,
     parallel: str = "none",
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = DATA_AXIS,
@@ -182,6 +210,8 @@ def make_train_step(
       loss_fn: per-example loss of the default step (default ``cross_entropy``).
       params_fn: optional params transform inside the loss of the default step (QAT).
       augment_fn: optional batch augmentation of the default step (``data.make_augment``).
+      target_fn: optional frozen targets of the default step (see ``train_step``); the
+        step is then called ``step(state, batch, *extra)``.
       parallel: ``"none"`` (jit), ``"sharding"`` (jit over ``mesh``, batch sharded on
         ``axis_name``, state replicated) or ``"pmap"``.
       mesh: the mesh for ``"sharding"`` (default: all devices on a ``"data"`` axis).
@@ -205,11 +235,12 @@ def make_train_step(
             loss_fn=loss_fn or cross_entropy,
             params_fn=params_fn,
             augment_fn=augment_fn,
+            target_fn=target_fn,
         )
-    elif loss_fn is not None or params_fn is not None or augment_fn is not None:
+    elif any(f is not None for f in (loss_fn, params_fn, augment_fn, target_fn)):
         raise TypeError(
-            "loss_fn, params_fn and augment_fn configure the default train_step; with "
-            "step_fn= bind them into step_fn (functools.partial) instead"
+            "loss_fn, params_fn, augment_fn and target_fn configure the default train_step; "
+            "with step_fn= bind them into step_fn (functools.partial) instead"
         )
     return ParallelStep(
         step_fn,
@@ -222,7 +253,19 @@ def make_train_step(
 
 
 def make_eval_step(
-    *, loss_fn: LossFn = cross_entropy, params_fn: ParamsFn | None = None
+    *,
+    loss_fn: LossFn = cross_entropy,
+    params_fn: ParamsFn | None = None,
+    input_key: str = "image",
+    label_key: str = "label",
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-    """The compiled ``eval_step``."""
-    return jax.jit(functools.partial(eval_step, loss_fn=loss_fn, params_fn=params_fn))
+    """The compiled ``eval_step`` (see its arguments)."""
+    return jax.jit(
+        functools.partial(
+            eval_step,
+            loss_fn=loss_fn,
+            params_fn=params_fn,
+            input_key=input_key,
+            label_key=label_key,
+        )
+    )
