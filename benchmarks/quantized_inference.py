@@ -1,12 +1,12 @@
 r"""Integer inference: int8 path vs float32 forward pass (LeNet-300-100 and LeNet-5).
 
 Each model is built with random He-normal weights, its per-layer activation ranges are
-calibrated on 512 random images (``training.calibrate_activation_ranges``) and it is run at
+calibrated on 512 random images (``models.calibrate_activation_ranges``) and it is run at
 batch 1024 (default) two ways, both jitted, in one process with interleaved rounds and
 medians:
 
 - ``float32``: ``model.apply`` (XLA's float Dense / Conv);
-- ``int8``: ``training.int8_apply`` on ``build_int8_model``: per layer, the input is rounded
+- ``int8``: ``models.int8_apply`` on ``build_int8_model``: per layer, the input is rounded
   onto its int8 grid, multiplied by int8 per-channel kernels with int32 accumulation
   (``quantization.int8_dense`` / ``int8_conv``, LeNet-5's max pooling fused into the
   integer convolution) and rescaled once.
@@ -37,7 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 from _timing import median, print_json, print_table, time_interleaved  # noqa: E402
 
 from jaxopt_models import models, quantization  # noqa: E402
-from jaxopt_models.training.int8_inference import (  # noqa: E402
+from jaxopt_models.models.int8 import (  # noqa: E402
     build_int8_model,
     calibrate_activation_ranges,
     int8_apply,
