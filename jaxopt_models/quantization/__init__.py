@@ -12,6 +12,7 @@ Usage::
   act_quant = qz.ActivationQuantizer(bits=8, clip_range=(0.0, 6.0))      # activation QAT
   y = qz.int8_dense(qz.quantize(x, 8, symmetric=False), q, bias)         # integer Dense
   size = qz.size_bytes(qz.pack_params(qparams))                          # real storage
+  q = qz.gptq(kernel, hessian, bits=4, group_size=128)  # one-shot, hessian = X^T X of inputs
 """
 
 from jaxopt_models.quantization.activation import ActivationQuantizer as ActivationQuantizer
@@ -26,6 +27,9 @@ from jaxopt_models.quantization.affine import quantize_to_grid as quantize_to_gr
 from jaxopt_models.quantization.affine import representable_range as representable_range
 from jaxopt_models.quantization.affine import scale_and_zero_point as scale_and_zero_point
 from jaxopt_models.quantization.affine import storage_dtype as storage_dtype
+from jaxopt_models.quantization.awq import AWQResult as AWQResult
+from jaxopt_models.quantization.awq import awq as awq
+from jaxopt_models.quantization.awq import awq_scales as awq_scales
 from jaxopt_models.quantization.binary import binarize as binarize
 from jaxopt_models.quantization.binary import fake_binarize as fake_binarize
 from jaxopt_models.quantization.binary import fake_ternarize as fake_ternarize
@@ -38,6 +42,7 @@ from jaxopt_models.quantization.calibration import Percentile as Percentile
 from jaxopt_models.quantization.calibration import get_calibration as get_calibration
 from jaxopt_models.quantization.fake_quant import fake_quant as fake_quant
 from jaxopt_models.quantization.fake_quant import straight_through as straight_through
+from jaxopt_models.quantization.gptq import gptq as gptq
 from jaxopt_models.quantization.integer import int8_conv as int8_conv
 from jaxopt_models.quantization.integer import int8_dense as int8_dense
 from jaxopt_models.quantization.packing import PackedQTensor as PackedQTensor
@@ -56,3 +61,5 @@ from jaxopt_models.quantization.params import quantize_params as quantize_params
 from jaxopt_models.quantization.qtensor import QTensor as QTensor
 from jaxopt_models.quantization.qtensor import dequantize as dequantize
 from jaxopt_models.quantization.quantize import quantize as quantize
+from jaxopt_models.quantization.smoothquant import smooth_scales as smooth_scales
+from jaxopt_models.quantization.smoothquant import w8a8_matmul as w8a8_matmul
