@@ -33,3 +33,17 @@ def test_errors():
         unpack_stream(b"\x00", 4, 3)
     with pytest.raises(ValueError, match="max_value"):
         bit_width(-1)
+
+
+@pytest.mark.parametrize("width,count,pad", [(3, 3, 7), (5, 1, 3), (1, 7, 1), (4, 1, 4)])
+def test_strict_unpack_refuses_nonzero_padding(width, count, pad):
+    values = np.arange(count) % (1 << width)
+    data = pack_stream(values, width)
+    assert 8 * len(data) - count * width == pad
+    np.testing.assert_array_equal(unpack_stream(data, width, count, strict=True), values)
+    spoiled = data[:-1] + bytes([data[-1] | 1])
+    np.testing.assert_array_equal(unpack_stream(spoiled, width, count), values)  # lenient
+    with pytest.raises(ValueError, match=f"the {pad} padding bits after {count} values"):
+        unpack_stream(spoiled, width, count, strict=True)
+    exact = pack_stream(np.ones(8, np.int64), 1)  # no padding: nothing to check
+    np.testing.assert_array_equal(unpack_stream(exact, 1, 8, strict=True), np.ones(8))

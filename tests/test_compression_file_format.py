@@ -309,3 +309,40 @@ def test_unused_codes_and_tiny_shared_tensors_cost_no_extra_bytes():
     data = encode_compressed(dense, shared=shared)
     assert len(data) == len(encode_compressed(dense))
     _bitwise_equal(decode_compressed(data), dense)
+
+
+def test_format_error_is_a_value_error_exported_by_the_package(tmp_path):
+    from jaxopt_models import compression
+
+    assert compression.FormatError is ff.FormatError and issubclass(ff.FormatError, ValueError)
+    path = tmp_path / "bad.jxc"
+    path.write_bytes(b"JXCF\x01")
+    with pytest.raises(compression.FormatError, match=f"^{path}: truncated file"):
+        load_compressed(path)
+
+
+def test_quantized_values_spanning_32_bits_round_trip_without_a_huge_histogram():
+    # The writer used to bincount every stream: 2**32 counters (32 GiB) for these values.
+    values = np.array([[-(2**31), 2**31 - 1, 0, 5]], np.int64)
+    q = ff._Quant(values, np.full((1, 1), 2.0**-20, np.float32), np.zeros((1, 1), np.int64))
+    record = ff._quantized_record(q, (1, 4), huffman=True)
+    np.testing.assert_array_equal(_roundtrip_record(record), ff.dequantize_record(q))
+
+
+@pytest.mark.parametrize("huffman", [True, False])
+def test_every_saved_layout_passes_the_strict_reader(tmp_path, pruned, shared, huffman):
+    params, masks = pruned
+    q = quantize_params(params, bits=4, symmetric=False, axis=-1)
+    trees = [
+        (params, dict(masks=masks)),
+        (shared_params(shared), dict(shared=shared, masks=masks)),
+        (dequantize_params(q), dict(quantized=q)),
+    ]
+    for tree, kwargs in trees:
+        data = encode_compressed(tree, huffman=huffman, **kwargs)
+        _bitwise_equal(decode_compressed(data), tree)
+        # The exact size, and no fewer: the reader charges every element to max_elements.
+        n = sum(np.size(x) for x in jax.tree.leaves(tree))
+        decode_compressed(data, max_elements=n)
+        with pytest.raises(ff.FormatError, match=f"max_elements={n - 1}"):
+            decode_compressed(data, max_elements=n - 1)

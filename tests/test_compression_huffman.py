@@ -12,11 +12,14 @@ from jaxopt_models.compression.huffman import (
     MAX_CODE_LENGTH,
     canonical_codes,
     code_lengths,
+    decode_exact,
     decode_prefix,
     decode_symbols,
     encode_symbols,
     huffman_decode,
     huffman_encode,
+    pack_lengths,
+    unpack_lengths,
 )
 
 
@@ -119,3 +122,59 @@ def test_validation_errors():
         canonical_codes(np.array([1, 1, 1]))
     with pytest.raises(ValueError, match="counts must be >= 0"):
         code_lengths(np.array([1, -1]))
+
+
+def test_decode_exact_returns_whole_bytes_and_refuses_what_the_encoder_never_writes():
+    s = np.array([0, 1, 1, 2, 0, 0, 3])
+    lengths = code_lengths(np.bincount(s))
+    data, n_bits = encode_symbols(s, lengths)
+    assert n_bits % 8  # padding bits to spoil below
+    out, n_bytes = decode_exact(data + b"\xff", lengths, s.size)
+    np.testing.assert_array_equal(out, s)
+    assert n_bytes == len(data) == (n_bits + 7) // 8
+    spoiled = data[:-1] + bytes([data[-1] | 1])
+    with pytest.raises(ValueError, match="padding bits after the Huffman stream are not zero"):
+        decode_exact(spoiled, lengths, s.size)
+    with pytest.raises(ValueError, match="symbol 3 has a code but does not occur"):
+        decode_exact(data, lengths, 4)  # the first 4 symbols hold no 3
+
+
+def test_canonical_tables_are_complete_end_at_a_used_symbol_and_pad_with_zero():
+    complete = np.array([1, 2, 2])
+    np.testing.assert_array_equal(
+        unpack_lengths(pack_lengths(complete), 3, canonical=True), complete
+    )
+    np.testing.assert_array_equal(unpack_lengths(pack_lengths([0, 1]), 2, canonical=True), [0, 1])
+    with pytest.raises(ValueError, match=r"incomplete prefix code \(Kraft sum 28672 / 32768\)"):
+        unpack_lengths(pack_lengths([1, 2, 3]), 3, canonical=True)
+    unpack_lengths(pack_lengths([1, 2, 3]), 3)  # a prefix code all the same
+    with pytest.raises(ValueError, match="the last of 4 symbols has no code"):
+        unpack_lengths(pack_lengths([1, 2, 2, 0]), 4, canonical=True)
+    with pytest.raises(ValueError, match="4 padding bits"):
+        unpack_lengths(bytes([0x12, 0x21]), 3, canonical=True)
+    with pytest.raises(ValueError, match="Kraft"):
+        unpack_lengths(bytes([0x11, 0x10]), 3)
+
+
+def test_counts_beyond_the_available_bits_raise_before_allocating():
+    lengths = np.array([1, 1])
+    for count in (17, 10**12):  # 2 bytes hold at most 16 one-bit symbols
+        with pytest.raises(ValueError, match=f"16 bits cannot hold {count} symbols"):
+            decode_prefix(b"\x00\x00", lengths, count)
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        decode_prefix(b"\x00", lengths, -1)
+    # A self-contained stream claiming 2**32 - 1 symbols in 1 byte.
+    data = bytearray(huffman_encode(np.array([0, 1, 1])))
+    data[:4] = (2**32 - 1).to_bytes(4, "big")
+    with pytest.raises(ValueError, match="cannot hold 4294967295 symbols"):
+        huffman_decode(bytes(data))
+
+
+def test_huffman_decode_refuses_trailing_bytes_and_tables_of_empty_streams():
+    data = huffman_encode(np.array([3, 3, 1, 0]))
+    with pytest.raises(ValueError, match="1 bytes of trailing data"):
+        huffman_decode(data + b"\x00")
+    empty = huffman_encode(np.zeros(0, np.int64))
+    assert huffman_decode(empty).size == 0
+    with pytest.raises(ValueError, match="empty stream has no code table"):
+        huffman_decode(empty[:4] + (2).to_bytes(4, "big") + b"\x11")

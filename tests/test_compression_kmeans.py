@@ -132,3 +132,20 @@ def test_validation_errors():
         kmeans(jnp.arange(4), jnp.ones(2))
     with pytest.raises(ValueError, match="max_iter"):
         kmeans(x, jnp.ones(2), max_iter=-1)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_points_or_centroids_raise(bad):
+    x = np.linspace(-1, 1, 12).astype(np.float32)
+    x[7] = bad
+    with pytest.raises(ValueError, match=r"x holds 1 NaN or Inf values \(first at index \(7,\)\)"):
+        kmeans(x, jnp.array([-0.5, 0.5]))
+    with pytest.raises(ValueError, match="x holds 1 NaN or Inf"):
+        init_centroids(x, 2)
+    # A zero sample weight does not help: 0 * inf is NaN in the centroid sums.
+    with pytest.raises(ValueError, match="x holds"):
+        kmeans(x, jnp.array([-0.5, 0.5]), sample_weight=(np.arange(12) != 7).astype(np.float32))
+    with pytest.raises(
+        ValueError, match=r"init holds 1 NaN or Inf values \(first at index \(1,\)\)"
+    ):
+        kmeans(np.linspace(-1, 1, 12), jnp.array([-0.5, bad]))

@@ -245,3 +245,22 @@ def test_validation_errors():
         cluster_weights(params, bits=2, masks=bad)
     with pytest.raises(TypeError, match="SharedTensor"):
         reconstruct(jnp.ones(3))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("masked", [False, True])
+def test_non_finite_weights_raise_naming_the_leaf(bad, masked):
+    params = _params()
+    kernel = np.array(params["Dense_1"]["kernel"])
+    kernel[3, 4] = bad
+    params["Dense_1"]["kernel"] = jnp.asarray(kernel)
+    masks = _masks(params) if masked else None
+    if masked:  # a NaN where the mask is False poisons the centroid sums all the same
+        masks["Dense_1"]["kernel"] = masks["Dense_1"]["kernel"].at[3, 4].set(False)
+    with pytest.raises(ValueError, match=r"leaf 'Dense_1/kernel' .* 1 NaN or Inf .*\(3, 4\)"):
+        cluster_weights(params, bits=3, masks=masks)
+    # Leaves that are not clustered are not checked.
+    shared = cluster_weights(params, bits=3, filter_fn=lambda name, w: name == "Dense_0/kernel")
+    assert is_shared(shared["Dense_0"]["kernel"])
+    assert np.all(np.isfinite(shared["Dense_0"]["kernel"].codebook))
+    np.testing.assert_array_equal(shared["Dense_1"]["kernel"], kernel)  # returned unchanged

@@ -245,6 +245,33 @@ def test_bad_labels_name_the_argument():
         kd.distillation_loss(S, S, Y.astype(np.float32), temperature=1.0, alpha=0.5)
 
 
+@pytest.mark.parametrize("bad", [-1, 3, 1000])
+@pytest.mark.parametrize("as_jax", [False, True])
+def test_labels_outside_the_classes_raise_when_concrete(bad, as_jax):
+    labels = np.array([0, 2, bad, 1], np.int32)
+    labels = jnp.asarray(labels) if as_jax else labels
+    with pytest.raises(ValueError, match=rf"class ids in \[0, 3\).*got {bad} at index \(2,\)"):
+        kd.distillation_loss(S, S, labels, temperature=2.0, alpha=0.5)
+    # alpha = 1 ignores the labels' values but not their validity.
+    with pytest.raises(ValueError, match="1 labels out of range"):
+        kd.distillation_loss(S, S, labels, temperature=2.0, alpha=1.0)
+
+
+def test_labels_at_the_edges_of_the_classes_are_accepted():
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    y = np.array([[0, 3, 1], [3, 0, 2]], np.int32)  # leading axes, ids 0 and C - 1
+    got = kd.distillation_loss(s, s, y, temperature=2.0, alpha=0.0)
+    np.testing.assert_allclose(got, np_cross_entropy(s, y), rtol=1e-5, atol=1e-6)
+
+
+def test_labels_under_jit_cannot_be_checked_and_give_nan():
+    # Documented limit: traced labels have no values; an out-of-range id gives NaN.
+    y = np.array([0, 5, 1, 2], np.int32)
+    out = np.asarray(distill_jit(S, S, y, 1.0, 0.5))
+    assert np.isnan(out[1]) and np.all(np.isfinite(out[[0, 2, 3]]))
+
+
 # ---------------------------------------------------------------- feature (hint) loss
 
 

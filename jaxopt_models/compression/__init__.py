@@ -12,6 +12,7 @@
 
 from jaxopt_models.compression.bitpack import pack_stream as pack_stream
 from jaxopt_models.compression.bitpack import unpack_stream as unpack_stream
+from jaxopt_models.compression.file_format import FormatError as FormatError
 from jaxopt_models.compression.file_format import decode_compressed as decode_compressed
 from jaxopt_models.compression.file_format import encode_compressed as encode_compressed
 from jaxopt_models.compression.file_format import load_compressed as load_compressed

@@ -59,16 +59,24 @@ def pack_stream(values: np.ndarray, width: int) -> bytes:
     return np.packbits(bits.astype(np.uint8).reshape(-1)).tobytes()
 
 
-def unpack_stream(data: bytes | np.ndarray, width: int, count: int) -> np.ndarray:
+def unpack_stream(
+    data: bytes | np.ndarray, width: int, count: int, *, strict: bool = False
+) -> np.ndarray:
     """Inverse of :func:`pack_stream`.
 
     Args:
       data: packed bytes, at least ``ceil(count * width / 8)`` of them.
       width: bits per value, ``0..32``.
       count: number of values to read.
+      strict: also require what :func:`pack_stream` guarantees: the padding bits after
+        the last value (the low bits of the last byte) are zero.
 
     Returns:
       ``uint32`` array of shape ``(count,)``.
+
+    Raises:
+      ValueError: a bad ``width`` / ``count``, too few bytes, or (``strict``) nonzero
+        padding bits.
 
     Example:
       >>> unpack_stream(b'l', 2, 3)
@@ -85,6 +93,11 @@ def unpack_stream(data: bytes | np.ndarray, width: int, count: int) -> np.ndarra
     if buf.size < need:
         raise ValueError(
             f"need {need} bytes to unpack {count} values of {width} bits, got {buf.size}"
+        )
+    pad = 8 * need - count * width
+    if strict and pad and int(buf[need - 1]) & ((1 << pad) - 1):
+        raise ValueError(
+            f"the {pad} padding bits after {count} values of {width} bits are not zero"
         )
     bits = np.unpackbits(buf[:need], count=count * width).reshape(count, width)
     weights = np.left_shift(np.uint64(1), np.arange(width - 1, -1, -1, dtype=np.uint64))

@@ -35,15 +35,44 @@ a canonical Huffman code (alphabet size, 4-bit code lengths) and the coded bits.
 stream uses whichever is smaller (Huffman only when enabled).
 
 Files are written atomically (temporary file and ``os.replace``) and checked on load:
-bad magic, unknown version, truncation, trailing bytes, a CRC mismatch or a malformed
-record raise ``ValueError`` naming the file, never return garbage weights.
+bad magic, unknown version, truncation, trailing bytes or a CRC mismatch raise
+:class:`FormatError` (a ``ValueError``) naming the file. The CRC32 catches accidental
+damage (bit flips, truncation, a partial copy); it is no protection against deliberate
+edits, since anyone can recompute it. So the reader also checks that the structure adds
+up, and refuses before allocating anything a file the writer cannot have produced:
+
+- varints minimal (as written) and below ``2**64``; record count no larger than the
+  body can hold; paths of at most :data:`MAX_DEPTH` components, unique, in the
+  writer's sorted order, none both a leaf and a container, sequence indices contiguous;
+- at most 32 dimensions per shape, at most ``max_elements`` elements in the whole file
+  (a sparse or constant tensor costs a few bytes, so the file size bounds nothing);
+- streams: packed width at most 32 and exactly the width of the largest value (``0``
+  for an empty stream), zero padding bits; Huffman only for a non-empty stream, with a
+  complete canonical code (Kraft sum exactly 1, or one symbol of length 1), a table
+  ending at a coded symbol, every coded symbol present and zero padding;
+- sparse layouts: entry count at most ``numel``, gaps landing strictly increasing
+  positions inside the tensor;
+- weight-shared: every codebook entry used (the writer drops unused ones), codes in
+  range, the sparse default the most frequent code;
+- quantized: values shape with the record's element count, scale / zero point shapes
+  that broadcast to it, scales finite and ``> 0``, zero points and ``minimum + value``
+  within int64, the stored minimum equal to the smallest value.
+
+What no check can catch: a change that yields another valid file (different float
+values, codebook entries, scales or integers of the same structure) loads as those
+weights. The record does not carry the quantization bit width, so values are checked
+against int64 only, not against a ``b``-bit grid.
 """
 
+import errno
+import math
 import os
+import stat
 import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -56,6 +85,10 @@ from jaxopt_models.typing import PyTree
 
 MAGIC = b"JXCF"
 VERSION = 1
+MAX_ELEMENTS = 1 << 28
+"""Default cap on the elements one file may describe (1 GiB of float32 when loaded)."""
+MAX_DEPTH = 64
+"""Longest params path (nesting depth) the format stores."""
 
 FLOAT, SHARED, QUANTIZED = 0, 1, 2
 _SPARSE = 4
@@ -64,8 +97,12 @@ _HUFFMAN = 128
 _TAG_DICT, _TAG_LIST, _TAG_TUPLE = 0, 1, 2
 
 
-class FormatError(Exception):
-    """Malformed content inside a file that passed its length checks."""
+_MIN_RECORD_BYTES = 4  # path (2 varints) + kind + ndim
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class FormatError(ValueError):
+    """Bytes that are not a well-formed compressed params file; the message names the file."""
 
 
 # --------------------------------------------------------------------------- bytes
@@ -117,12 +154,19 @@ class _Reader:
     def u8(self) -> int:
         return self.take(1)[0]
 
+    def remaining(self) -> int:
+        return self.end - self.pos
+
     def varint(self) -> int:
         v, shift = 0, 0
-        for _ in range(10):
+        for i in range(10):
             b = self.u8()
             v |= (b & 0x7F) << shift
             if not b & 0x80:
+                if b == 0 and i:
+                    raise FormatError(f"overlong varint ending at offset {self.pos}")
+                if v >> 64:
+                    raise FormatError(f"varint {v} at offset {self.pos} is not below 2**64")
                 return v
             shift += 7
         raise FormatError(f"varint longer than 10 bytes at offset {self.pos}")
@@ -144,10 +188,11 @@ def _stream_cost(symbols: np.ndarray, huffman: bool) -> tuple[int, Any]:
     n = symbols.size
     if n == 0:
         return 1, ("raw", 0)
-    counts = np.bincount(symbols)
-    width = bit_width(counts.size - 1)
+    top = int(symbols.max())
+    width = bit_width(top)
     best = (1 + packed_size(n, width), ("raw", width))
-    if huffman and counts.size <= 1 << 16:
+    if huffman and top < 1 << 16:  # no bincount over a huge alphabet (values up to 2**32)
+        counts = np.bincount(symbols)
         lengths = _hf.code_lengths(counts)
         bits = _hf.encoded_bits(counts, lengths, counts=True)
         size = 1 + _varint_size(lengths.size) + (lengths.size + 1) // 2 + (bits + 7) // 8
@@ -169,23 +214,42 @@ def _write_stream(w: _Writer, symbols: np.ndarray, huffman: bool) -> None:
         w.raw(_hf.encode_symbols(symbols, arg)[0])
 
 
-def _read_stream(r: _Reader, n: int) -> np.ndarray:
+def _read_stream(r: _Reader, n: int, what: str) -> np.ndarray:
+    """``n`` integers of a stream, as ``int64``; refuses anything the writer cannot write."""
     mode = r.u8()
     if mode <= 32:
+        if n == 0 or mode == 0:
+            if mode:
+                raise FormatError(f"{what}: an empty stream packed at {mode} bits (written: 0)")
+            return np.zeros(n, np.int64)
         data = r.take(packed_size(n, mode))
-        return unpack_stream(data, mode, n).astype(np.int64)
+        try:
+            values = unpack_stream(data, mode, n, strict=True)
+        except ValueError as e:
+            raise FormatError(f"{what}: {e}") from None
+        top = int(values.max())
+        if bit_width(top) != mode:
+            raise FormatError(
+                f"{what}: packed at {mode} bits, but its largest value {top} needs "
+                f"{bit_width(top)} (the writer uses the smallest width)"
+            )
+        return values.astype(np.int64)
     if mode != _HUFFMAN:
-        raise FormatError(f"unknown stream mode {mode}")
+        raise FormatError(
+            f"{what}: unknown stream mode {mode} (0..32: packed bits, {_HUFFMAN}: Huffman)"
+        )
+    if n == 0:
+        raise FormatError(f"{what}: an empty stream cannot be Huffman-coded")
     alphabet = r.varint()
-    if alphabet > 1 << 16:
-        raise FormatError(f"Huffman alphabet of {alphabet} symbols is too large")
+    if not 1 <= alphabet <= 1 << 16:
+        raise FormatError(f"{what}: Huffman alphabet of {alphabet} symbols, allowed 1..65536")
     try:
-        lengths = _hf.unpack_lengths(r.take((alphabet + 1) // 2), alphabet)
-        view = np.frombuffer(r.buf, np.uint8, count=r.end - r.pos, offset=r.pos)
-        symbols, end = _hf.decode_prefix(view, lengths, n)
+        lengths = _hf.unpack_lengths(r.take((alphabet + 1) // 2), alphabet, canonical=True)
+        view = np.frombuffer(r.buf, np.uint8, count=r.remaining(), offset=r.pos)
+        symbols, n_bytes = _hf.decode_exact(view, lengths, n)
     except ValueError as e:
-        raise FormatError(str(e)) from None
-    r.pos += (end + 7) // 8
+        raise FormatError(f"{what}: {e}") from None
+    r.pos += n_bytes
     return symbols
 
 
@@ -253,14 +317,37 @@ def _write_shape(w: _Writer, shape) -> None:
         w.varint(d)
 
 
-def _read_shape(r: _Reader) -> tuple[int, ...]:
+class _Budget:
+    """Elements a file may still describe; charged before anything is allocated."""
+
+    def __init__(self, limit: int):
+        self.limit = self.left = limit
+
+    def charge(self, shape: tuple[int, ...]) -> int:
+        numel = math.prod(shape)
+        if numel > self.left:
+            raise FormatError(
+                f"shape {shape} ({numel} elements) takes the file past max_elements="
+                f"{self.limit} elements; pass a larger max_elements to load larger models"
+            )
+        self.left -= numel
+        return numel
+
+
+def _read_shape(r: _Reader, what: str = "shape") -> tuple[int, ...]:
     ndim = r.varint()
     if ndim > 32:
-        raise FormatError(f"ndim {ndim} is too large")
-    shape = tuple(r.varint() for _ in range(ndim))
-    if int(np.prod(shape, dtype=object)) > 1 << 40:
-        raise FormatError(f"shape {shape} is too large")
-    return shape
+        raise FormatError(f"{what} has {ndim} dimensions, allowed at most 32")
+    if ndim > r.remaining():
+        raise FormatError(f"{what} has {ndim} dimensions, only {r.remaining()} bytes left")
+    return tuple(r.varint() for _ in range(ndim))
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether ``np.broadcast_to(x_of_shape, target)`` works (without allocating)."""
+    if len(shape) > len(target):
+        return False
+    return all(d in (1, t) for d, t in zip(reversed(shape), reversed(target), strict=False))
 
 
 def _f32_bytes(x: np.ndarray) -> bytes:
@@ -369,17 +456,20 @@ def _as_quant(q: Any, name: str) -> _Quant:
             shape = [1] * values.ndim
             shape[axis] = arr.size
             arr = arr.reshape(shape)
-        try:
-            np.broadcast_shapes(arr.shape, values.shape)
-        except ValueError:
+        if not _broadcasts_to(arr.shape, values.shape):
             raise ValueError(
                 f"{label} of shape {arr.shape} does not broadcast to the values' shape "
                 f"{values.shape} for {name!r}"
-            ) from None
+            )
         if label == "scale":
             scale = arr
         else:
             zp = arr
+    if scale.size and not np.all(np.isfinite(scale) & (scale > 0)):
+        raise ValueError(
+            f"scale for {name!r} must be finite and > 0 in float32, got values in "
+            f"[{scale.min()}, {scale.max()}]"
+        )
     return _Quant(values.astype(np.int64), scale, zp)
 
 
@@ -430,21 +520,107 @@ def _scatter(default_flat: np.ndarray, positions: np.ndarray, values: np.ndarray
 def _read_positions(r: _Reader, numel: int) -> np.ndarray:
     n = r.varint()
     if n > numel:
-        raise FormatError(f"{n} sparse entries for {numel} elements")
-    gaps = _read_stream(r, n)
-    positions = np.cumsum(gaps + 1) - 1
+        raise FormatError(f"{n} sparse entries for a tensor of {numel} elements")
+    gaps = _read_stream(r, n, "gap stream")
+    positions = np.cumsum(gaps + 1) - 1  # gaps >= 0 and < 2**32: strictly increasing
     if n and positions[-1] >= numel:
-        raise FormatError(f"sparse position {positions[-1]} out of range for {numel} elements")
+        raise FormatError(
+            f"the gaps put sparse entry {n - 1} at position {positions[-1]}, outside a "
+            f"tensor of {numel} elements"
+        )
     return positions
 
 
-def _read_record(r: _Reader) -> np.ndarray:
+def _read_shared(r: _Reader, numel: int, sparse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Codebook and flat codes of a weight-shared record."""
+    n_codes = r.varint()
+    if n_codes > min(numel, 1 << 16):
+        raise FormatError(
+            f"codebook of {n_codes} entries for {numel} weights (every entry is used; "
+            "at most 65536)"
+        )
+    codebook = _read_f32(r, n_codes)
+    if not sparse:
+        indices = _read_stream(r, numel, "code stream")
+    else:
+        default = r.varint()
+        if default >= max(n_codes, 1):
+            raise FormatError(f"default code {default} out of range for {n_codes} codes")
+        positions = _read_positions(r, numel)
+        codes = _read_stream(r, positions.size, "code stream")
+        indices = np.full(numel, default, np.int64)
+        indices[positions] = codes
+    if numel and int(indices.max()) >= n_codes:
+        raise FormatError(f"code {int(indices.max())} out of range for {n_codes} codes")
+    counts = np.bincount(indices, minlength=n_codes)
+    if numel and not counts.all():
+        raise FormatError(
+            f"codebook entry {int(np.argmin(counts))} of {n_codes} is never used (the "
+            "writer stores only the codes in use)"
+        )
+    if sparse and numel and int(np.argmax(counts)) != default:
+        raise FormatError(
+            f"sparse default code {default} is not the most frequent code "
+            f"{int(np.argmax(counts))} (the writer's choice)"
+        )
+    return codebook, indices
+
+
+def _check_int64(v: int, what: str) -> int:
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise FormatError(f"{what} {v} does not fit in int64")
+    return v
+
+
+def _read_quantized(r: _Reader, shape, numel: int, sparse: bool, order: str) -> np.ndarray:
+    vshape = _read_shape(r, "values shape")
+    if math.prod(vshape) != numel:
+        raise FormatError(f"values shape {vshape} does not have the {numel} elements of {shape}")
+    sshape = _read_shape(r, "scale shape")
+    if not _broadcasts_to(sshape, vshape):
+        raise FormatError(f"scale shape {sshape} does not broadcast to values shape {vshape}")
+    scale = _read_f32(r, math.prod(sshape)).reshape(sshape)
+    if scale.size and not np.all(np.isfinite(scale) & (scale > 0)):
+        bad = scale[~(np.isfinite(scale) & (scale > 0))].reshape(-1)[0]
+        raise FormatError(f"scale {bad} is not finite and > 0")
+    zshape = _read_shape(r, "zero point shape")
+    if not _broadcasts_to(zshape, vshape):
+        raise FormatError(f"zero point shape {zshape} does not broadcast to values shape {vshape}")
+    n_zp = math.prod(zshape)
+    if n_zp > r.remaining():  # one byte at least per varint
+        raise FormatError(f"{n_zp} zero points cannot fit in the {r.remaining()} bytes left")
+    zp = [_check_int64(r.zigzag(), "zero point") for _ in range(n_zp)]
+    zp = np.array(zp, np.int64).reshape(zshape)
+    qmin = _check_int64(r.zigzag(), "minimum value")
+    if not sparse:
+        sym = _read_stream(r, numel, "value stream")
+    else:
+        positions = _read_positions(r, numel)
+        sym = _read_stream(r, positions.size, "value stream")
+    if sym.size:
+        _check_int64(qmin + int(sym.max()), "value")
+    if not sparse:
+        values = (sym + qmin).reshape(vshape)
+    else:
+        zp_full = np.broadcast_to(zp, vshape)
+        values = _scatter(_flat_in(zp_full, order), positions, sym + qmin, vshape, order)
+    low = int(values.min()) if numel else 0
+    if low != qmin:
+        raise FormatError(f"stored minimum {qmin} is not the smallest value {low}")
+    return dequantize_record(_Quant(values, scale, zp)).reshape(shape)
+
+
+def _read_record(r: _Reader, budget: _Budget | None = None) -> np.ndarray:
+    """One record's float32 array; ``budget`` (default :data:`MAX_ELEMENTS`) is charged."""
+    budget = _Budget(MAX_ELEMENTS) if budget is None else budget
     kind = r.u8()
     rtype, sparse, order = kind & 3, bool(kind & _SPARSE), "F" if kind & _ORDER_F else "C"
     if kind & ~(3 | _SPARSE | _ORDER_F) or rtype > QUANTIZED:
         raise FormatError(f"unknown record kind {kind}")
+    if kind & _ORDER_F and not sparse:
+        raise FormatError(f"record kind {kind}: element order is only stored for sparse layouts")
     shape = _read_shape(r)
-    numel = int(np.prod(shape, dtype=np.int64))
+    numel = budget.charge(shape)
     if rtype == FLOAT:
         if not sparse:
             return _read_f32(r, numel).reshape(shape)
@@ -452,42 +628,9 @@ def _read_record(r: _Reader) -> np.ndarray:
         values = _read_f32(r, positions.size)
         return _scatter(np.zeros(numel, np.float32), positions, values, shape, order)
     if rtype == SHARED:
-        n_codes = r.varint()
-        if n_codes > 1 << 16:
-            raise FormatError(f"codebook of {n_codes} entries is too large")
-        codebook = _read_f32(r, n_codes)
-        if not sparse:
-            indices = _read_stream(r, numel)
-        else:
-            default = r.varint()
-            positions = _read_positions(r, numel)
-            codes = _read_stream(r, positions.size)
-            indices = np.full(numel, default, np.int64)
-            indices[positions] = codes
-        if indices.size and indices.max() >= n_codes:
-            raise FormatError(f"code {indices.max()} out of range for {n_codes} codes")
+        codebook, indices = _read_shared(r, numel, sparse)
         return codebook[indices].reshape(shape, order=order)
-    vshape = _read_shape(r)
-    if int(np.prod(vshape, dtype=np.int64)) != numel:
-        raise FormatError(f"values shape {vshape} does not match shape {shape}")
-    sshape = _read_shape(r)
-    scale = _read_f32(r, int(np.prod(sshape, dtype=np.int64))).reshape(sshape)
-    zshape = _read_shape(r)
-    zp = np.array([r.zigzag() for _ in range(int(np.prod(zshape, dtype=np.int64)))], np.int64)
-    zp = zp.reshape(zshape)
-    try:
-        zp_full = np.broadcast_to(zp, vshape)
-        np.broadcast_shapes(sshape, vshape)
-    except ValueError:
-        raise FormatError(f"scale/zero point shapes {sshape}/{zshape} vs values {vshape}") from None
-    qmin = r.zigzag()
-    if not sparse:
-        values = _read_stream(r, numel).reshape(vshape) + qmin
-    else:
-        positions = _read_positions(r, numel)
-        sym = _read_stream(r, positions.size)
-        values = _scatter(_flat_in(zp_full, order), positions, sym + qmin, vshape, order)
-    return dequantize_record(_Quant(values, scale, zp)).reshape(shape)
+    return _read_quantized(r, shape, numel, sparse, order)
 
 
 # --------------------------------------------------------------------------- tree paths
@@ -498,6 +641,11 @@ def _components(params: PyTree) -> list[tuple[tuple[tuple[int, Any], ...], Any]]
     out = []
 
     def walk(node, prefix):
+        if len(prefix) > MAX_DEPTH:
+            raise ValueError(
+                f"params nested deeper than MAX_DEPTH={MAX_DEPTH} levels at "
+                f"{'/'.join(str(k) for _, k in prefix[:8])}/..."
+            )
         if isinstance(node, Mapping):
             for k in sorted(node):
                 if not isinstance(k, str):
@@ -542,7 +690,10 @@ def _read_path(r: _Reader, prev) -> tuple:
     if common > len(prev):
         raise FormatError(f"path shares {common} components with a path of {len(prev)}")
     path = list(prev[:common])
-    for _ in range(r.varint()):
+    new = r.varint()
+    if common + new > MAX_DEPTH:
+        raise FormatError(f"path of {common + new} components, allowed at most {MAX_DEPTH}")
+    for _ in range(new):
         tag = r.u8()
         if tag == _TAG_DICT:
             try:
@@ -554,6 +705,40 @@ def _read_path(r: _Reader, prev) -> tuple:
         else:
             raise FormatError(f"unknown path tag {tag}")
     return tuple(path)
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(str(k) for _, k in path) or "<root>"
+
+
+def _check_order(prev: tuple | None, path: tuple) -> None:
+    """Refuses a path that does not come strictly after ``prev`` in the writer's order.
+
+    The writer stores dict keys sorted and sequence items in index order, so consecutive
+    paths first differ in a component of the same container with a larger key; equal
+    paths, or one path a prefix of the next (a leaf that is also a container), are refused.
+    """
+    if prev is None:
+        return
+    i = 0
+    while i < min(len(prev), len(path)) and prev[i] == path[i]:
+        i += 1
+    if i == len(prev) == len(path):
+        raise FormatError(f"duplicate path {_path_str(path)!r}")
+    if i == min(len(prev), len(path)):
+        raise FormatError(
+            f"paths {_path_str(prev)!r} and {_path_str(path)!r}: one leaf is inside the other"
+        )
+    if prev[i][0] != path[i][0]:
+        raise FormatError(
+            f"paths {_path_str(prev)!r} and {_path_str(path)!r} disagree on the container "
+            f"type at component {i}"
+        )
+    if not prev[i][1] < path[i][1]:
+        raise FormatError(
+            f"path {_path_str(path)!r} comes after {_path_str(prev)!r}; the writer stores "
+            "paths sorted"
+        )
 
 
 def _build_tree(items: list[tuple[tuple, Any]]) -> PyTree:
@@ -703,20 +888,48 @@ def encode_compressed(
     return bytes(out.buf)
 
 
-def decode_compressed(data: bytes, source: str = "<bytes>") -> PyTree:
+def _check_max_elements(max_elements: Any) -> int:
+    if not isinstance(max_elements, int | np.integer) or isinstance(max_elements, bool):
+        raise TypeError(f"max_elements must be an int, got {max_elements!r}")
+    if max_elements < 0:
+        raise ValueError(f"max_elements must be >= 0, got {max_elements}")
+    return int(max_elements)
+
+
+def decode_compressed(
+    data: bytes, source: str = "<bytes>", *, max_elements: int = MAX_ELEMENTS
+) -> PyTree:
     """Parses bytes from :func:`encode_compressed`; errors name ``source``.
 
+    Everything parsed is validated (see the module docstring) before it is allocated, so
+    damaged or crafted bytes raise :class:`FormatError` rather than any other exception,
+    a hang or a huge allocation.
+
+    Args:
+      data: the file's bytes (``bytes``, ``bytearray`` or ``memoryview``).
+      source: what to call the data in error messages, e.g. the file name.
+      max_elements: most elements (weights) all records together may describe; the
+        default :data:`MAX_ELEMENTS` is ``2**28`` (1 GiB of float32).
+
+    Returns:
+      The params pytree of float32 ``jax.Array`` leaves.
+
     Raises:
-      ValueError: bad magic, unsupported version, truncated or oversized data,
-        checksum mismatch or a malformed record.
+      FormatError: (a ``ValueError``) bad magic, unsupported version, truncated or
+        oversized data, checksum mismatch, a malformed record or more than
+        ``max_elements`` elements; the message starts with ``source``.
+      TypeError: ``data`` is not bytes-like.
 
     Example:
       >>> params = decode_compressed(encode_compressed(params))
     """
+    max_elements = _check_max_elements(max_elements)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
     data = bytes(data)
 
-    def fail(what: str):
-        return ValueError(f"{source}: {what}")
+    def fail(what: str) -> FormatError:
+        return FormatError(f"{source}: {what}")
 
     if len(data) < len(MAGIC) + 1 or data[: len(MAGIC)] != MAGIC:
         raise fail("not a jaxopt_models compressed file (bad magic bytes)")
@@ -725,7 +938,9 @@ def decode_compressed(data: bytes, source: str = "<bytes>") -> PyTree:
     r = _Reader(data, len(MAGIC) + 1)
     try:
         body_len = r.varint()
-    except FormatError:
+    except FormatError as e:
+        if r.pos < len(data):
+            raise fail(f"corrupted header: {e}") from None
         raise fail(f"truncated file: {len(data)} bytes, header incomplete") from None
     expected = r.pos + body_len + 4
     if len(data) < expected:
@@ -745,18 +960,39 @@ def decode_compressed(data: bytes, source: str = "<bytes>") -> PyTree:
             "the file is corrupted"
         )
     r = _Reader(data, r.pos, len(data) - 4)
+    budget = _Budget(max_elements)
     try:
-        items = []
-        prev: tuple = ()
-        for _ in range(r.varint()):
-            path = _read_path(r, prev)
-            items.append((path, jnp.asarray(_read_record(r))))
-            prev = path
-        if r.pos != r.end:
-            raise FormatError(f"{r.end - r.pos} bytes left after the last record")
-        return _build_tree(items)
-    except (FormatError, ValueError, IndexError, OverflowError, TypeError) as e:
+        items = _read_items(r, budget)
+        tree = _build_tree(items)
+    except FormatError as e:
         raise fail(f"malformed record data: {e}") from None
+    except (ValueError, IndexError, OverflowError, TypeError, MemoryError) as e:
+        # Not expected: every check above raises FormatError. Kept as a last line of defence.
+        raise fail(f"malformed record data (unexpected {type(e).__name__}: {e})") from None
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def _read_items(r: _Reader, budget: _Budget) -> list[tuple[tuple, np.ndarray]]:
+    """``[(path, float32 array), ...]`` of every record of a body."""
+    count = r.varint()
+    if count > r.remaining() // _MIN_RECORD_BYTES:
+        raise FormatError(
+            f"{count} records cannot fit in the {r.remaining()} bytes left "
+            f"(at least {_MIN_RECORD_BYTES} bytes each)"
+        )
+    items = []
+    prev = None
+    for i in range(count):
+        path = _read_path(r, () if prev is None else prev)
+        _check_order(prev, path)
+        try:
+            items.append((path, _read_record(r, budget)))
+        except FormatError as e:
+            raise FormatError(f"record {i} ({_path_str(path)}): {e}") from None
+        prev = path
+    if r.pos != r.end:
+        raise FormatError(f"{r.end - r.pos} bytes left after the last record")
+    return items
 
 
 def save_compressed(
@@ -813,25 +1049,45 @@ def save_compressed(
     return len(data)
 
 
-def load_compressed(path: str | os.PathLike) -> PyTree:
+def load_compressed(path: str | os.PathLike, *, max_elements: int = MAX_ELEMENTS) -> PyTree:
     """Reads a file written by :func:`save_compressed`.
 
     Args:
       path: the file.
+      max_elements: most elements (weights) the file may describe, checked before
+        anything is allocated; default :data:`MAX_ELEMENTS` (``2**28``). A few bytes
+        can describe a huge all-zero or constant tensor, so lower it for files from
+        untrusted sources and raise it for models beyond 268M weights.
 
     Returns:
       The params pytree (nested dicts / lists / tuples as saved) of float32 arrays,
       bitwise equal to the saved params.
 
     Raises:
-      ValueError: naming the file and what failed, for a file that is not ours, of an
-        unknown version, truncated, corrupted (CRC32 mismatch) or malformed.
+      FileNotFoundError: no file at ``path``; IsADirectoryError: ``path`` is a directory
+        (both OSErrors, as ``open`` raises them, with a message naming the path).
+      FormatError: (a ``ValueError``) naming the file and what failed, for something
+        that is not a regular file, not ours, of an unknown version, truncated, corrupted
+        (CRC32 mismatch), malformed, or larger than ``max_elements``.
 
     Example:
       >>> params = load_compressed("model.jxc")
       >>> logits = model.apply({"params": params}, x)
     """
-    path = os.fspath(path)
+    max_elements = _check_max_elements(max_elements)
+    path = os.fsdecode(os.fspath(path))
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT, "no compressed params file (nothing exists at this path)", path
+        ) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(
+            errno.EISDIR, "expected a compressed params file, got a directory", path
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise FormatError(f"{path}: not a regular file, cannot be a compressed params file")
     with open(path, "rb") as f:
         data = f.read()
-    return decode_compressed(data, source=path)
+    return decode_compressed(data, source=path, max_elements=max_elements)

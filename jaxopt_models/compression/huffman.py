@@ -115,7 +115,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _check_lengths(lengths: np.ndarray) -> None:
+def _check_lengths(lengths: np.ndarray, canonical: bool = False) -> None:
     if lengths.ndim != 1:
         raise ValueError(f"lengths must be 1-D, got shape {lengths.shape}")
     if lengths.size and (lengths.min() < 0 or lengths.max() > MAX_CODE_LENGTH):
@@ -123,8 +123,22 @@ def _check_lengths(lengths: np.ndarray) -> None:
             f"code lengths must be in 0..{MAX_CODE_LENGTH}, got [{lengths.min()}, {lengths.max()}]"
         )
     used = lengths[lengths > 0]
-    if used.size and np.sum(np.ldexp(1.0, -used)) > 1.0:
+    # Kraft sum in units of 2**-MAX_CODE_LENGTH: exact integer arithmetic.
+    kraft = int(np.sum(np.left_shift(1, MAX_CODE_LENGTH - used))) if used.size else 0
+    if kraft > 1 << MAX_CODE_LENGTH:
         raise ValueError("code lengths violate the Kraft inequality (not a prefix code)")
+    if not canonical or lengths.size == 0:
+        return
+    if lengths[-1] == 0:
+        raise ValueError(
+            f"the last of {lengths.size} symbols has no code; a table ends at the largest "
+            "symbol coded"
+        )
+    if not (kraft == 1 << MAX_CODE_LENGTH or (used.size == 1 and used[0] == 1)):
+        raise ValueError(
+            f"code lengths form an incomplete prefix code (Kraft sum {kraft} / "
+            f"{1 << MAX_CODE_LENGTH}); Huffman codes are complete"
+        )
 
 
 def encoded_bits(
@@ -214,6 +228,9 @@ def decode_prefix(
       ``count * max(lengths)`` bits of ``data`` are examined.
     """
     lengths = np.asarray(lengths, np.int64)
+    count = int(count)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
     if count == 0:
         return np.zeros(0, np.int64), 0
     buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
@@ -224,6 +241,12 @@ def decode_prefix(
     total = buf.size * 8 if n_bits is None else int(n_bits)
     if total > buf.size * 8:
         raise ValueError(f"Huffman stream claims {total} bits but has only {buf.size * 8}")
+    shortest = int(lengths[used].min())
+    if count * shortest > total:  # refuse before allocating anything of size count
+        raise ValueError(
+            f"corrupt Huffman stream: {total} bits cannot hold {count} symbols of at least "
+            f"{shortest} bits"
+        )
     total = min(total, count * width)
     buf = buf[: (total + 7) // 8]
     codes = canonical_codes(lengths)
@@ -254,6 +277,53 @@ def decode_prefix(
     return table_sym[window[np.asarray(positions)]], p
 
 
+def decode_exact(
+    data: bytes | np.ndarray, lengths: np.ndarray, count: int
+) -> tuple[np.ndarray, int]:
+    """Decodes a stream as :func:`encode_symbols` writes it, refusing anything else.
+
+    Beyond :func:`decode_prefix`, checks that the padding bits up to the next byte are
+    zero and that every symbol with a code occurs (a Huffman code built from the stream's
+    counts gives codes only to symbols that occur). Pair it with lengths read by
+    ``unpack_lengths(..., canonical=True)``.
+
+    Args:
+      data: the coded bytes, possibly followed by other data.
+      lengths: code length per symbol.
+      count: number of symbols to decode, ``>= 0``.
+
+    Returns:
+      ``(symbols, n_bytes)``: ``(count,)`` ``int64`` symbols and the whole bytes they take.
+
+    Raises:
+      ValueError: the bits do not decode to ``count`` symbols, nonzero padding, or a
+        symbol with a code that does not occur.
+
+    Example:
+      >>> s = np.array([0, 0, 1, 2]); lengths = code_lengths(np.bincount(s))
+      >>> data, _ = encode_symbols(s, lengths)
+      >>> decode_exact(data + b"rest", lengths, 4)
+      (array([0, 0, 1, 2]), 1)
+    """
+    lengths = np.asarray(lengths, np.int64)
+    symbols, end = decode_prefix(data, lengths, count)
+    n_bytes = (end + 7) // 8
+    if end % 8:
+        buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
+        pad = 8 - end % 8
+        if int(buf[n_bytes - 1]) & ((1 << pad) - 1):
+            raise ValueError(f"the {pad} padding bits after the Huffman stream are not zero")
+    if count:
+        occurs = np.bincount(symbols, minlength=lengths.size) > 0
+        unused = np.flatnonzero((lengths > 0) & ~occurs)
+        if unused.size:
+            raise ValueError(
+                f"symbol {int(unused[0])} has a code but does not occur in the stream "
+                f"({unused.size} such symbols)"
+            )
+    return symbols, n_bytes
+
+
 def pack_lengths(lengths: np.ndarray) -> bytes:
     """Stores code lengths as 4-bit nibbles (the table of a canonical code)."""
     lengths = np.asarray(lengths, np.int64)
@@ -261,10 +331,31 @@ def pack_lengths(lengths: np.ndarray) -> bytes:
     return pack_stream(lengths, 4)
 
 
-def unpack_lengths(data: bytes | np.ndarray, alphabet_size: int) -> np.ndarray:
-    """Inverse of :func:`pack_lengths`; validates the Kraft inequality."""
-    lengths = unpack_stream(data, 4, alphabet_size).astype(np.int64)
-    _check_lengths(lengths)
+def unpack_lengths(
+    data: bytes | np.ndarray, alphabet_size: int, *, canonical: bool = False
+) -> np.ndarray:
+    """Inverse of :func:`pack_lengths`; validates the Kraft inequality.
+
+    Args:
+      data: the packed nibbles.
+      alphabet_size: number of code lengths to read.
+      canonical: also require what :func:`code_lengths` produces and :func:`pack_lengths`
+        writes: a complete prefix code (Kraft sum exactly 1, or one symbol of length 1),
+        a last symbol that has a code, and a zero padding nibble.
+
+    Returns:
+      ``int64`` array of ``alphabet_size`` code lengths.
+
+    Raises:
+      ValueError: too few bytes, lengths that are no prefix code, or (``canonical``) a
+        table :func:`code_lengths` cannot have produced.
+
+    Example:
+      >>> unpack_lengths(pack_lengths(np.array([1, 2, 2])), 3, canonical=True)
+      array([1, 2, 2])
+    """
+    lengths = unpack_stream(data, 4, alphabet_size, strict=canonical).astype(np.int64)
+    _check_lengths(lengths, canonical)
     return lengths
 
 
@@ -310,7 +401,9 @@ def huffman_decode(data: bytes) -> np.ndarray:
       The ``int64`` symbol array.
 
     Raises:
-      ValueError: if ``data`` is truncated or not a valid stream.
+      ValueError: if ``data`` is truncated, has trailing bytes, or is not exactly what
+        :func:`huffman_encode` writes (incomplete code, nonzero padding, coded symbols
+        that never occur).
 
     Example:
       >>> huffman_decode(huffman_encode(np.arange(5)))
@@ -319,8 +412,16 @@ def huffman_decode(data: bytes) -> np.ndarray:
     if len(data) < 8:
         raise ValueError(f"Huffman data too short: {len(data)} bytes, need at least 8")
     count, alphabet = (int(v) for v in np.frombuffer(data[:8], ">u4"))
+    if alphabet > 1 << 16:
+        raise ValueError(f"Huffman alphabet of {alphabet} symbols is larger than 65536")
+    if count == 0 and alphabet:
+        raise ValueError(f"an empty stream has no code table, got {alphabet} code lengths")
     table_bytes = (alphabet * 4 + 7) // 8
     if len(data) < 8 + table_bytes:
         raise ValueError(f"Huffman data truncated: table needs {table_bytes} bytes")
-    lengths = unpack_lengths(data[8 : 8 + table_bytes], alphabet)
-    return decode_symbols(data[8 + table_bytes :], lengths, count)
+    lengths = unpack_lengths(data[8 : 8 + table_bytes], alphabet, canonical=True)
+    body = data[8 + table_bytes :]
+    symbols, n_bytes = decode_exact(body, lengths, count)
+    if n_bytes != len(body):
+        raise ValueError(f"{len(body) - n_bytes} bytes of trailing data after the coded symbols")
+    return symbols

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 INITS = ("linear", "density", "kmeans++")
 """Centroid initialisations (Han et al., Deep Compression, section 3.2, plus k-means++)."""
@@ -34,12 +35,40 @@ class KMeansResult(NamedTuple):
     n_iter: jax.Array
 
 
+def _check_finite(x: jax.Array, name: str) -> None:
+    """Raises ValueError if concrete ``x`` holds NaN or Inf (tracers under ``jit`` pass).
+
+    One NaN or Inf makes every centroid mean NaN (even with a sample weight of 0, as
+    ``0 * inf`` is NaN), so k-means would silently return a NaN codebook.
+
+    Args:
+      x: array of any shape.
+      name: what to call ``x`` in the message, e.g. a leaf path.
+
+    Raises:
+      ValueError: naming ``name``, the count of non-finite values and the first position.
+
+    Example:
+      >>> _check_finite(jnp.array([0.5, 1.0]), "x")
+    """
+    if isinstance(x, jax.core.Tracer):
+        return  # values unknown while tracing; the caller documents this
+    finite = np.isfinite(np.asarray(x))
+    if not finite.all():
+        first = np.unravel_index(int(np.argmin(finite)), finite.shape)
+        raise ValueError(
+            f"{name} holds {int(finite.size - finite.sum())} NaN or Inf values (first at "
+            f"index {tuple(int(i) for i in first)}); k-means needs finite values"
+        )
+
+
 def _prepare(x, sample_weight):
     x = jnp.asarray(x)
     if x.ndim != 1:
         raise ValueError(f"x must be 1-D (scalar weights to cluster), got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x must be floating point, got dtype {x.dtype}")
+    _check_finite(x, "x")
     x = x.astype(jnp.float32)
     if sample_weight is None:
         w = jnp.ones_like(x)
@@ -67,7 +96,8 @@ def init_centroids(
     """Initial centroids for :func:`kmeans`.
 
     Args:
-      x: ``(n,)`` points.
+      x: ``(n,)`` finite points (NaN / Inf raise ValueError when ``x`` is concrete; under
+        ``jit`` they cannot be checked and give NaN centroids).
       n_clusters: number of centroids ``k``.
       method: ``"linear"`` (evenly spaced between the min and max point),
         ``"density"`` (quantiles of the weighted points at levels ``(i + 0.5) / k``,
@@ -169,8 +199,9 @@ def kmeans(
     accurate for large layers.
 
     Args:
-      x: ``(n,)`` points.
-      init: ``(k,)`` initial centroids (any order; they are sorted), e.g. from
+      x: ``(n,)`` finite points (NaN / Inf raise ValueError when ``x`` is concrete; under
+        ``jit`` they cannot be checked and give NaN centroids).
+      init: ``(k,)`` finite initial centroids (any order; they are sorted), e.g. from
         :func:`init_centroids`.
       sample_weight: optional ``(n,)`` non-negative point weights (0 = ignore point).
       max_iter: maximum number of iterations, ``>= 0``.
@@ -188,6 +219,7 @@ def kmeans(
     init = jnp.asarray(init, jnp.float32)
     if init.ndim != 1 or init.size < 1:
         raise ValueError(f"init must be a non-empty 1-D array of centroids, got shape {init.shape}")
+    _check_finite(init, "init")
     if not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
     if tol < 0:

@@ -30,7 +30,8 @@ import numpy as np
 import optax
 
 from jaxopt_models.compression import kmeans as _km
-from jaxopt_models.compression._tree import FilterFn, aligned, default_filter, named_leaves
+from jaxopt_models.compression._tree import FilterFn, aligned, named_leaves
+from jaxopt_models.tree import is_kernel
 from jaxopt_models.typing import PyTree
 
 MAX_BITS = 16
@@ -104,7 +105,8 @@ def cluster_weights(
       n_clusters: codebook size (``1..65536``; ``>= 2`` with a mask), same forms.
       init: centroid initialisation, one of ``"linear"``, ``"density"``, ``"kmeans++"``.
       filter_fn: ``(name, leaf) -> bool`` choosing the leaves to cluster (default:
-        leaves with ``ndim > 1``, i.e. kernels); other leaves are returned unchanged.
+        ``jaxopt_models.tree.is_kernel``: float leaves with ``ndim > 1`` that are not
+        embeddings); other leaves are returned unchanged.
       masks: optional pytree like ``params`` of boolean masks (``None`` leaves allowed);
         for a masked leaf, code 0 is reserved for the pruned weights (centroid 0.0,
         frozen) and the other ``n_codes - 1`` centroids are fitted to the kept weights.
@@ -114,6 +116,12 @@ def cluster_weights(
 
     Returns:
       A pytree like ``params`` with a :class:`SharedTensor` at every clustered leaf.
+
+    Raises:
+      ValueError: bad ``bits`` / ``n_clusters`` / ``init`` / masks, or a selected leaf
+        holding NaN or Inf (the message names the leaf). Under ``jit`` the values are
+        unknown and cannot be checked: a NaN or Inf weight gives a NaN codebook.
+      TypeError: a selected leaf that is not floating point.
 
     Example:
       >>> shared = cluster_weights(params, bits=5, masks=masks)
@@ -125,7 +133,7 @@ def cluster_weights(
         )
     if init not in _km.INITS:
         raise ValueError(f"init must be one of {_km.INITS}, got {init!r}")
-    filter_fn = default_filter if filter_fn is None else filter_fn
+    filter_fn = is_kernel if filter_fn is None else filter_fn
     mask_leaves = aligned(params, masks, "masks")
     key = jax.random.key(0) if key is None else key
     flat, treedef = jax.tree_util.tree_flatten(params)
@@ -140,6 +148,7 @@ def cluster_weights(
             raise TypeError(
                 f"leaf {name!r} selected for clustering has non-float dtype {leaf.dtype}"
             )
+        _km._check_finite(leaf, f"leaf {name!r} selected for clustering")
         b = _per_leaf(bits, name, leaf, "bits")
         if b is not None:
             if not isinstance(b, int | np.integer) or not 1 <= b <= MAX_BITS:

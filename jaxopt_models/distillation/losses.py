@@ -89,6 +89,18 @@ def _check_labels(labels: jax.Array, logits_shape: tuple[int, ...]) -> None:
         )
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise TypeError(f"labels must be integer class ids, got dtype {jnp.result_type(labels)}")
+    if isinstance(labels, jax.core.Tracer):
+        return  # values unknown under jit / vmap: an out-of-range label gives a NaN loss
+    num_classes = logits_shape[-1]
+    ids = np.asarray(labels)
+    bad = (ids < 0) | (ids >= num_classes)
+    if bad.any():
+        first = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        raise ValueError(
+            f"labels must be class ids in [0, {num_classes}) for logits with {num_classes} "
+            f"classes; got {int(ids[first])} at index {tuple(int(i) for i in first)} "
+            f"({int(bad.sum())} labels out of range)"
+        )
 
 
 def kd_loss(
@@ -136,7 +148,9 @@ def distillation_loss(
     Args:
       student_logits: ``(..., C)`` student scores.
       teacher_logits: ``(..., C)`` teacher scores, same shape.
-      labels: ``(...)`` integer class ids of the hard targets.
+      labels: ``(...)`` integer class ids of the hard targets, in ``[0, C)``. Checked when
+        concrete; under ``jit`` / ``vmap`` the values are unknown, and an id outside the
+        classes gives that example a NaN loss.
       temperature: ``T > 0`` of the soft targets (the label term uses ``T = 1``).
       alpha: weight in ``[0, 1]`` of the soft-target term.
 
@@ -145,7 +159,8 @@ def distillation_loss(
 
     Raises:
       ValueError: ``temperature <= 0``, ``alpha`` outside ``[0, 1]``, logits of different
-        shapes, or labels whose shape is not the logits' without the class axis.
+        shapes, labels whose shape is not the logits' without the class axis, or
+        (concrete) labels outside ``[0, C)``.
 
     Example:
       >>> loss = distillation_loss(s, t, y, temperature=4.0, alpha=0.9).mean()
