@@ -8,6 +8,16 @@ from jaxopt_models.checks import check_one_of
 from jaxopt_models.models.cnn import DeepCNN, lenet5, lenet5_caffe, mnist1d_cnn
 from jaxopt_models.models.mlp import MLP, lenet300_100
 from jaxopt_models.models.rnn import RNNClassifier
+from jaxopt_models.models.transformer import (
+    CausalLM,
+    EncoderClassifier,
+    bert_base,
+    bert_tiny,
+    gpt2,
+    gpt_tiny,
+    llama_tiny,
+    tinyllama_1b,
+)
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -19,6 +29,14 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "lstm": lambda **kw: RNNClassifier(cell="lstm", **kw),
     "gru": lambda **kw: RNNClassifier(cell="gru", **kw),
     "rnn": RNNClassifier,
+    "gpt": CausalLM,
+    "gpt_tiny": gpt_tiny,
+    "gpt2": gpt2,
+    "llama_tiny": llama_tiny,
+    "tinyllama_1b": tinyllama_1b,
+    "bert": EncoderClassifier,
+    "bert_tiny": bert_tiny,
+    "bert_base": bert_base,
 }
 
 
@@ -39,9 +57,13 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
     Args:
       name: one of ``model_names()``: ``"mlp"``, ``"lenet300_100"``, ``"lenet5"``,
-        ``"lenet5_caffe"``, ``"mnist1d_cnn"``, ``"deep_cnn"``, ``"lstm"``, ``"gru"``, ``"rnn"``.
+        ``"lenet5_caffe"``, ``"mnist1d_cnn"``, ``"deep_cnn"``, ``"lstm"``, ``"gru"``, ``"rnn"``;
+        transformers ``"gpt"`` (:class:`CausalLM`; presets ``"gpt_tiny"``, ``"gpt2"``,
+        ``"llama_tiny"``, ``"tinyllama_1b"``) and ``"bert"`` (:class:`EncoderClassifier`;
+        presets ``"bert_tiny"``, ``"bert_base"``). Their ``init`` returns plain arrays.
       **kwargs: module attributes, e.g. ``features=(300, 100)``, ``num_classes=10``,
-        ``kernel_init="xavier_uniform"``.
+        ``kernel_init="xavier_uniform"``; for transformers ``num_layers=4``,
+        ``dtype=jnp.bfloat16``, ...
 
     Returns:
       An unbound Flax module.
