@@ -193,6 +193,8 @@ def make_train_step(
     params_fn: ParamsFn | None = None,
     augment_fn: AugmentFn | None = None,
     target_fn: TargetFn | None = None,
+    input_key: str = "image",
+    label_key: str = "label",
     parallel: str = "none",
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = DATA_AXIS,
@@ -212,6 +214,8 @@ def make_train_step(
       augment_fn: optional batch augmentation of the default step (``data.make_augment``).
       target_fn: optional frozen targets of the default step (see ``train_step``); the
         step is then called ``step(state, batch, *extra)``.
+      input_key / label_key: the batch keys of the default step's model input and labels
+        (e.g. ``"tokens"`` / ``"targets"`` for a language model).
       parallel: ``"none"`` (jit), ``"sharding"`` (jit over ``mesh``, batch sharded on
         ``axis_name``, state replicated) or ``"pmap"``.
       mesh: the mesh for ``"sharding"`` (default: all devices on a ``"data"`` axis).
@@ -236,6 +240,8 @@ def make_train_step(
             params_fn=params_fn,
             augment_fn=augment_fn,
             target_fn=target_fn,
+            input_key=input_key,
+            label_key=label_key,
         )
     elif any(f is not None for f in (loss_fn, params_fn, augment_fn, target_fn)):
         raise TypeError(
