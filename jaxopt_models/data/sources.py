@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxopt_models._optional import require
 from jaxopt_models.checks import check_one_of
 from jaxopt_models.data.idx import read_idx
 
@@ -174,9 +175,8 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int):
 
 @functools.lru_cache(maxsize=4)
 def _digits_cached(test_fraction: float, seed: int) -> Dataset:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    datasets = require("sklearn.datasets", "experiments", "the digits dataset")
+    bunch = datasets.load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[..., None]
     y = bunch.target.astype(np.int32)
     tr, te = _stratified_split(y, test_fraction, seed)
@@ -204,7 +204,8 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 @functools.lru_cache(maxsize=4)
 def _mnist1d_cached(num_samples: int, seed: int) -> Dataset:
-    from mnist1d import data as generator  # make_dataset only: nothing is downloaded
+    # make_dataset only: nothing is downloaded
+    generator = require("mnist1d.data", "experiments", "the mnist1d dataset")
 
     args = generator.get_dataset_args()  # the package's default generation arguments
     args.num_samples = num_samples
