@@ -8,6 +8,7 @@ before the first step, so a bad value in a late pipeline stage fails in seconds.
 import contextlib
 import functools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -242,10 +243,14 @@ def build_pruning(
       params: the params or their shapes: ``layers`` patterns must match kernels.
 
     Returns:
-      The transform, or ``None`` for ``method="none"``.
+      The transform, or ``None`` for ``method="none"`` (whose other fields are checked all
+      the same).
     """
-    if not pruning_enabled(section):
+    if section is None:
         return None
+    # every field is checked even when the method is "none": a bad value is an error, not
+    # a setting that silently does nothing
+    enabled = pruning_enabled(section)
     sparsity = _number(section.sparsity, "pruning.sparsity", 0, 1, high_open=True)
     layers = dict(section.get("layers") or {})
     for key, value in layers.items():
@@ -307,6 +312,8 @@ def build_pruning(
     seed_value = section.seed if section.seed is not None else seed
     if isinstance(seed_value, bool) or not isinstance(seed_value, int):
         raise ValueError(f"config.pruning.seed={seed_value!r} must be an int or None")
+    if not enabled:
+        return None
     return pruning.prune(
         section.method,
         sched,
@@ -496,12 +503,12 @@ def fit_settings(config, n_steps: int, description: str = "", num_epochs=None) -
 
 def num_steps(num_examples: int, batch_size: int) -> int:
     """Optimizer steps per epoch (full batches only); at least one."""
-    n = steps_per_epoch(num_examples, batch_size)
-    if n < 1:
+    _int(batch_size, "batch_size")
+    if batch_size > num_examples:
         raise ValueError(
             f"config.batch_size={batch_size} is larger than the {num_examples} training examples"
         )
-    return n
+    return steps_per_epoch(num_examples, batch_size)
 
 
 def classification_eval(x, y, batch_size: int, eval_fn, num_classes: int):
@@ -534,6 +541,10 @@ def evaluate_classifier(state, x, y, batch_size, eval_fn=None, num_classes=None)
 def prepare_workdir(workdir: str | None, *, overwrite: bool, resume: bool, marker: str) -> None:
     """Checks ``workdir`` before anything trains.
 
+    With ``overwrite`` (and not ``resume``) the previous run's ``marker`` and every
+    ``checkpoints`` directory in ``workdir`` (its sub-runs' too) are removed, so the new run
+    starts fresh instead of refusing the old checkpoints.
+
     Raises:
       ValueError: ``workdir`` is a file, is not writable, or already holds a finished run
         (``marker``, e.g. ``results.json``) and neither ``overwrite`` nor ``resume`` is set.
@@ -554,3 +565,25 @@ def prepare_workdir(workdir: str | None, *, overwrite: bool, resume: bool, marke
             f"workdir={workdir!r} already holds a finished run ({marker}); pass --overwrite "
             "(overwrite=True) to replace it, or choose another workdir"
         )
+    if overwrite and not resume:
+        with contextlib.suppress(FileNotFoundError):  # (every process may get here)
+            os.remove(done)
+        for parent, dirs, _ in os.walk(workdir):
+            if "checkpoints" in dirs:
+                dirs.remove("checkpoints")
+                shutil.rmtree(os.path.join(parent, "checkpoints"), ignore_errors=True)
+
+
+def check_saved_run(directory: str, name: str, files=("variables.msgpack",)) -> None:
+    """Checks that ``directory`` (the argument ``name``, e.g. ``teacher_dir``) holds ``files``.
+
+    Raises:
+      FileNotFoundError: naming the argument, the directory and the missing file (the CLI
+        prints it as one ``error:`` line before anything trains).
+    """
+    for file in files:
+        if not os.path.isfile(os.path.join(directory, file)):
+            raise FileNotFoundError(
+                f"{name}={directory!r} holds no {file}: it must be the workdir of a finished "
+                "train run"
+            )
