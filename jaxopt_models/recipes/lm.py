@@ -25,11 +25,13 @@ from ml_collections import config_dict
 from jaxopt_models import metrics
 from jaxopt_models.checks import check_one_of
 from jaxopt_models.data import get_text_dataset, lm_eval_batches, lm_train_batch
-from jaxopt_models.models import generate, get_model
+from jaxopt_models.models import LOGICAL_AXIS_RULES, generate, get_model, mesh_specs
 from jaxopt_models.recipes import build
 from jaxopt_models.recipes import config as schema
 from jaxopt_models.recipes.report import plot_curves
 from jaxopt_models.training import (
+    PARALLEL_MODES,
+    SHARDED_MODES,
     FitSettings,
     atomic_write_bytes,
     atomic_write_json,
@@ -38,6 +40,7 @@ from jaxopt_models.training import (
     create_train_state,
     fit,
     initialize_distributed,
+    make_device_mesh,
     make_optimizer,
     make_train_step,
     save_variables,
@@ -69,6 +72,15 @@ def default_config() -> ml_collections.ConfigDict:
         be 0 for transformers).
       generate.*: samples at the end (prompt, max_new_tokens, temperature (0: greedy),
         top_k, num_samples).
+      parallel: ``"none"``, ``"sharding"``, ``"pmap"`` (data parallel), ``"fsdp"`` (params
+        and optimizer state split over the ``data`` axis too) or ``"tensor"`` (attention
+        heads, MLP units and the vocabulary split over the ``tensor`` axis); see
+        ``training.sharded``.
+      mesh.data / mesh.tensor: the 2-D mesh of ``"fsdp"``/``"tensor"`` (one size may be -1:
+        the devices left; the sizes multiply to the device count). ``"fsdp"`` with
+        ``tensor`` > 1 is FSDP plus tensor parallelism; ``"tensor"`` with ``data`` > 1 is
+        data plus tensor parallelism. ``num_heads``, ``num_kv_heads`` and ``mlp_dim`` must
+        be multiples of ``mesh.tensor``, ``batch_size`` of ``mesh.data``.
     """
     c = schema.base_config()
     for key in ("dataset", "num_epochs", "label_smoothing", "augment", "log_every_epochs"):
@@ -111,6 +123,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.generate = ml_collections.ConfigDict(
         {"prompt": "", "max_new_tokens": 200, "temperature": 0.8, "top_k": 40, "num_samples": 2}
     )
+    c.mesh = ml_collections.ConfigDict({"data": -1, "tensor": 1})
     return c
 
 
@@ -205,7 +218,89 @@ def check(config) -> None:
         raise ValueError(f"config.generate.temperature={t!r} must be a number >= 0")
     if g.top_k is not None:
         _int(g.top_k, "generate.top_k")
-    check_one_of("config.parallel", config.parallel, ("none", "sharding", "pmap"))
+    check_one_of("config.parallel", config.parallel, (*PARALLEL_MODES, *SHARDED_MODES))
+    sizes = dict(config.mesh)
+    for axis, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+            raise ValueError(
+                f"config.mesh.{axis}={size!r} must be a positive int or -1 (the devices left)"
+            )
+    if list(sizes.values()).count(-1) > 1:
+        raise ValueError(f"config.mesh={sizes!r}: at most one size may be -1")
+    if config.parallel not in SHARDED_MODES and sizes != {"data": -1, "tensor": 1}:
+        raise ValueError(
+            f"config.mesh={sizes!r} is only used with config.parallel in {SHARDED_MODES} "
+            f"(config.parallel={config.parallel!r}); leave it at {{'data': -1, 'tensor': 1}}"
+        )
+
+
+def _check_tensor_split(config, model, tensor: int) -> None:
+    """Refuses heads / MLP units that the tensor axis does not divide (naming the field)."""
+    cfg = model.config
+    for field in ("num_heads", "num_kv_heads", "mlp_dim"):
+        value = getattr(cfg, field)
+        if value % tensor:
+            raise ValueError(
+                f"config.model.{field}={value} is not a multiple of the tensor axis size "
+                f"{tensor} (config.mesh.tensor={config.mesh.tensor}): "
+                f"parallel={config.parallel!r} splits heads and MLP units over it"
+            )
+
+
+def parallel_layout(config, model, sample: np.ndarray) -> dict[str, Any]:
+    """``make_train_step`` keyword arguments of ``config.parallel``/``config.mesh``.
+
+    ``{}`` for the data-parallel modes; for ``"fsdp"``/``"tensor"`` the 2-D mesh and the
+    params' ``PartitionSpec``s from the model's logical axis names
+    (``models.LOGICAL_AXIS_RULES``): heads, MLP units and the vocabulary (when the tensor
+    size divides it) over ``tensor``; with ``"fsdp"`` also the model width over ``data``
+    (the engine splits every other param over ``data`` on a divisible dimension).
+
+    Raises:
+      ValueError: a mesh that does not fit the devices, heads / MLP units the tensor axis
+        does not divide, or a batch size the data axis does not divide (naming the field).
+
+    Example:
+      >>> kwargs = parallel_layout(config, model, np.zeros((1, config.context), np.int32))
+      >>> step = make_train_step(parallel=config.parallel, **kwargs)
+    """
+    if config.parallel not in SHARDED_MODES:
+        return {}
+    sizes = dict(config.mesh)
+    if sizes["tensor"] != -1:  # before the mesh: this check needs no devices
+        _check_tensor_split(config, model, sizes["tensor"])
+    try:
+        mesh = make_device_mesh(sizes)
+    except ValueError as e:
+        raise ValueError(f"config.mesh: {e}") from None
+    data, tensor = int(mesh.shape["data"]), int(mesh.shape["tensor"])
+    _check_tensor_split(config, model, tensor)
+    if config.batch_size % data:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is not a multiple of the data axis size "
+            f"{data} (config.mesh={sizes!r} on {mesh.size} devices)"
+        )
+    return {"mesh": mesh, "param_specs": param_specs(config.parallel, model, sample, data, tensor)}
+
+
+def param_specs(parallel: str, model, sample: np.ndarray, data: int, tensor: int):
+    """The params' mesh ``PartitionSpec``s of ``parallel`` on a ``data`` x ``tensor`` mesh.
+
+    Heads, MLP units and (when ``tensor`` divides it) the vocabulary over ``tensor``; with
+    ``"fsdp"`` the model width over ``data`` (when ``data`` divides it).
+
+    Example:
+      >>> specs = param_specs("fsdp", model, np.zeros((1, 64), np.int32), data=4, tensor=2)
+    """
+    cfg = model.config
+    rules = tuple(
+        (name, None if name == "vocab" and cfg.vocab_size % tensor else axes)
+        for name, axes in LOGICAL_AXIS_RULES
+    )
+    mesh_axes = {"tensor": "tensor"}
+    if parallel == "fsdp" and cfg.embed_dim % data == 0:
+        mesh_axes["fsdp"] = "data"
+    return mesh_specs(model, sample, mesh_axes, rules)
 
 
 def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, dict[str, Any]]:
@@ -238,6 +333,7 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, d
         micro_steps = config.num_steps * k
         lm_train_batch(ds.train, config.batch_size, config.context, seed=config.seed, step=0)
         sample = np.zeros((1, config.context), np.int32)
+        layout = parallel_layout(config, model, sample)
         shapes = build.param_shapes(model, sample)
         prune = build.build_pruning(
             config.pruning,
@@ -278,6 +374,7 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, d
         label_key="targets",
         parallel=config.parallel,
         skip_nonfinite=config.nan_policy == "skip",
+        **layout,
     )
     spe = settings.steps_per_epoch
 

@@ -31,6 +31,14 @@ from jaxopt_models.training.parallel import ParallelStep as ParallelStep
 from jaxopt_models.training.parallel import bind_extra as bind_extra
 from jaxopt_models.training.parallel import cross_replica_mean as cross_replica_mean
 from jaxopt_models.training.parallel import make_mesh as make_mesh
+from jaxopt_models.training.sharded import SHARDED_MODES as SHARDED_MODES
+from jaxopt_models.training.sharded import TENSOR_AXIS as TENSOR_AXIS
+from jaxopt_models.training.sharded import ShardedStep as ShardedStep
+from jaxopt_models.training.sharded import check_param_specs as check_param_specs
+from jaxopt_models.training.sharded import fsdp_specs as fsdp_specs
+from jaxopt_models.training.sharded import make_device_mesh as make_device_mesh
+from jaxopt_models.training.sharded import per_device_bytes as per_device_bytes
+from jaxopt_models.training.sharded import state_shardings as state_shardings
 from jaxopt_models.training.state import TrainState as TrainState
 from jaxopt_models.training.state import count_params as count_params
 from jaxopt_models.training.state import create_train_state as create_train_state

@@ -426,4 +426,9 @@ def bind_extra(step: ParallelStep, *extra: Any) -> ParallelStep:
     """
     if not isinstance(step, ParallelStep):
         raise TypeError(f"step must be a ParallelStep (make_train_step), got {type(step).__name__}")
-    return _BoundStep(step, extra)
+    cls = type(step)
+    if cls is ParallelStep:
+        cls = _BoundStep
+    elif not issubclass(cls, _BoundStep):  # a subclass (ShardedStep) keeps its own layout
+        cls = type(f"Bound{cls.__name__}", (_BoundStep, cls), {})
+    return cls(step, extra)

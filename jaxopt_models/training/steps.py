@@ -8,7 +8,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxopt_models.training.parallel import DATA_AXIS, ParallelStep, cross_replica_mean
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.training.parallel import (
+    DATA_AXIS,
+    PARALLEL_MODES,
+    ParallelStep,
+    cross_replica_mean,
+)
+from jaxopt_models.training.sharded import SHARDED_MODES, ShardedStep
 from jaxopt_models.training.state import TrainState
 from jaxopt_models.typing import PyTree
 
@@ -200,6 +207,7 @@ def make_train_step(
     axis_name: str = DATA_AXIS,
     donate: bool = True,
     skip_nonfinite: bool = False,
+    param_specs: PyTree | None = None,
 ) -> ParallelStep:
     """The compiled train step in one of the ``parallel`` modes, state donated.
 
@@ -217,12 +225,19 @@ def make_train_step(
       input_key / label_key: the batch keys of the default step's model input and labels
         (e.g. ``"tokens"`` / ``"targets"`` for a language model).
       parallel: ``"none"`` (jit), ``"sharding"`` (jit over ``mesh``, batch sharded on
-        ``axis_name``, state replicated) or ``"pmap"``.
-      mesh: the mesh for ``"sharding"`` (default: all devices on a ``"data"`` axis).
+        ``axis_name``, state replicated), ``"pmap"``, or over a 2-D ``("data", "tensor")``
+        mesh ``"fsdp"`` (params and optimizer state split over ``data`` too) or
+        ``"tensor"`` (params split as ``param_specs`` say); see ``training.sharded``.
+      mesh: the mesh for ``"sharding"`` (default: all devices on a ``"data"`` axis) or for
+        ``"fsdp"``/``"tensor"`` (``make_device_mesh``; default: all devices on ``data``
+        for ``"fsdp"``, on ``tensor`` for ``"tensor"``).
       axis_name: the mesh axis the batch is split on / the ``pmap`` axis name.
       donate: donate the input state (do not use it after the call).
       skip_nonfinite: undo a step whose loss or new state is not finite (the step
         counter still advances; ``metrics["skipped"]`` is 1).
+      param_specs: ``"fsdp"``/``"tensor"`` only: a ``PartitionSpec`` per param over the
+        mesh axes (e.g. ``models.transformer.mesh_specs``); ``None`` with ``"fsdp"``
+        splits each param's largest divisible dimension over ``data``.
 
     Returns:
       A ``ParallelStep``: ``step(state, batch, *extra) -> (state, metrics)``, with
@@ -247,6 +262,22 @@ def make_train_step(
         raise TypeError(
             "loss_fn, params_fn, augment_fn and target_fn configure the default train_step; "
             "with step_fn= bind them into step_fn (functools.partial) instead"
+        )
+    check_one_of("parallel", parallel, (*PARALLEL_MODES, *SHARDED_MODES))
+    if parallel in SHARDED_MODES:
+        return ShardedStep(
+            step_fn,
+            parallel=parallel,
+            mesh=mesh,
+            param_specs=param_specs,
+            axis_name=axis_name,
+            donate=donate,
+            skip_nonfinite=skip_nonfinite,
+        )
+    if param_specs is not None:
+        raise ValueError(
+            f"param_specs= is only used with parallel in {SHARDED_MODES}, got "
+            f"parallel={parallel!r}"
         )
     return ParallelStep(
         step_fn,
