@@ -1,12 +1,16 @@
 """Helpers shared by the experiment tests: config loading and fake Fashion-MNIST files."""
 
+import glob
+import importlib
 import importlib.util
 import inspect
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
+import jax
 import numpy as np
 
 from jaxopt_models import data
@@ -15,14 +19,83 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, variant: str = ""):
-    """``experiments/configs/<name>.py``'s ``get_config(variant)`` (no variant, or a config
-    without variants: ``get_config()``)."""
+    """``experiments/configs/<name>.py``'s ``get_config(variant)``, loaded from its file as
+    ``--config`` loads it."""
     path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    takes_variant = bool(inspect.signature(mod.get_config).parameters)
-    return mod.get_config(variant) if variant and takes_variant else mod.get_config()
+    return mod.get_config(variant)
+
+
+def set_fields(config, fields: dict):
+    """Sets ``{"a.b": value}`` dotted fields of ``config`` (as ``--config.a.b=value`` would,
+    but new keys are allowed); returns ``config``."""
+    for dotted, value in fields.items():
+        *parents, leaf = dotted.split(".")
+        section = config
+        for p in parents:
+            section = section[p]
+        section[leaf] = value
+    return config
+
+
+# JAX's persistent compilation cache, shared by the test processes and the scripts they run:
+# the recipe tests train many tiny models whose compiled steps are the same programs, and
+# compiling them is most of each run's time.
+COMPILATION_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "jaxopt_models_tests_xla"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(2**30),  # eviction on: entries written under a lock
+}
+
+
+def use_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache in this process (before its first compile;
+    an earlier ``JAX_COMPILATION_CACHE_DIR`` setting wins). :func:`run_script` passes it on."""
+    if jax.config.jax_compilation_cache_dir:
+        return
+    for name, value in COMPILATION_CACHE.items():
+        jax.config.update(name.lower(), int(value) if value.isdigit() else value)
+
+
+def recipe_of(script: str):
+    """The ``jaxopt_models.recipes`` module that ``experiments/<script>.py`` runs."""
+    module = importlib.import_module(f"experiments.{script}")
+    recipes = [
+        m
+        for m in vars(module).values()
+        if inspect.ismodule(m)
+        and m.__name__.startswith("jaxopt_models.recipes.")
+        and hasattr(m, "default_config")
+        and hasattr(m, "run")
+    ]
+    assert len(recipes) == 1, (script, recipes)
+    return recipes[0]
+
+
+def experiment_scripts() -> list[str]:
+    """The recipe scripts of ``experiments/`` (every ``*.py`` but the launcher)."""
+    names = [os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))]
+    return sorted(n for n in names if not n.startswith("_") and n != "launch")
+
+
+def run_script(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs ``python -m experiments.<module> *args`` from the project root on the CPU.
+
+    Returns the completed process (``returncode``, ``stdout``, ``stderr`` as text).
+    """
+    env = {**COMPILATION_CACHE, **os.environ, "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_fake_fashion_mnist(directory, num_train: int, num_test: int) -> str:
@@ -68,3 +141,35 @@ def run_on_simulated_devices(script: str, out_dir, num_devices: int, timeout: in
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(REPORT_PREFIX)]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(lines[-1][len(REPORT_PREFIX) :])
+
+
+def host_leaves(tree) -> list[np.ndarray]:
+    """The leaves of ``tree`` as host NumPy arrays (PRNG keys as their key data)."""
+
+    def raw(x):
+        if isinstance(x, jax.Array) and jax.numpy.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        return np.asarray(jax.device_get(x))
+
+    return [raw(x) for x in jax.tree.leaves(tree)]
+
+
+def assert_trees_bitwise_equal(a, b) -> None:
+    """Asserts that two pytrees have the same structure and bit-identical leaves."""
+    paths = lambda t: [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(t)]
+    assert paths(a) == paths(b)  # (static fields such as a TrainState's tx may differ)
+    for i, (x, y) in enumerate(zip(host_leaves(a), host_leaves(b), strict=True)):
+        assert x.dtype == y.dtype and x.shape == y.shape, (i, x.dtype, x.shape, y.dtype, y.shape)
+        bits = lambda v: np.ascontiguousarray(np.atleast_1d(v)).view(np.uint8)
+        assert np.array_equal(bits(x), bits(y)), f"leaf {i} differs"
+
+
+def synthetic_dataset(n_train: int = 200, n_test: int = 40, num_classes: int = 4):
+    """A learnable ``data.Dataset`` of 6 features whose rows are all distinct: feature 0 is
+    the row's index / 1000 (so a test can tell which examples went where)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_train + n_test, 6)).astype(np.float32)
+    y = np.argmax(x[:, 1:] @ rng.normal(size=(5, num_classes)), -1).astype(np.int32)
+    x[:, 0] = np.arange(n_train + n_test) / 1000
+    train, test = slice(0, n_train), slice(n_train, None)
+    return data.Dataset("synthetic", x[train], y[train], x[test], y[test], num_classes)

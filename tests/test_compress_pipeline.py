@@ -1,28 +1,25 @@
-"""End-to-end tests of the compression pipeline (training.compress) and experiments.compress."""
+"""End-to-end tests of the compression pipeline (``recipes.compress``) and
+``experiments.compress``."""
 
 import json
 import os
-import subprocess
-import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import ROOT, load_config
+from _helpers import ROOT, load_config, run_script, use_compilation_cache, write_fake_fashion_mnist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxopt_models import compression, data, training
+from jaxopt_models import compression, data
+from jaxopt_models.metrics import classification_report
 from jaxopt_models.models import get_model
-from jaxopt_models.training import (
-    compress_and_evaluate,
-    format_stage_table,
-    layer_setting,
-    measure_latency,
-    pareto_front,
-    validate_compress_config,
-)
+from jaxopt_models.recipes import build, compress
+from jaxopt_models.recipes.compress import measure_latency
+from jaxopt_models.recipes.report import PLOTS, format_stage_table, pareto_front
+from jaxopt_models.tree import rule_for
+
+use_compilation_cache()
 
 COMPRESS_CONFIGS = [
     "digits_deep_compression",
@@ -42,17 +39,14 @@ def digits_run(tmp_path_factory):
     Stages: dense, pruned, shared, student, quantized, file.
     """
     workdir = str(tmp_path_factory.mktemp("digits_dc"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "experiments.compress",
+    out = run_script(
+        "compress",
         "--config",
         os.path.join(ROOT, "experiments/configs/digits_deep_compression.py") + ":quick",
         "--workdir",
         workdir,
-    ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
@@ -69,12 +63,12 @@ def test_cli_prints_the_stage_table(digits_run):
 
 
 def test_every_stage_is_reported_and_written(digits_run):
-    _, _, results, workdir = digits_run
+    config, _, results, workdir = digits_run
     stages = [r["stage"] for r in results["stages"]]
     assert stages == ["dense", "pruned", "shared", "student", "quantized", "file"]
-    for name in ("stages.md", "results.json", "model.jxcf", *training.compress_report.PLOTS):
+    for name in ("stages.md", "results.json", "model.jxcf", *PLOTS):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
-    for name in training.compress_report.PLOTS:
+    for name in PLOTS:
         with open(os.path.join(workdir, name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     for stage in stages[:-1]:
@@ -84,17 +78,35 @@ def test_every_stage_is_reported_and_written(digits_run):
     with open(os.path.join(workdir, "stages.md")) as f:
         table = f.read()
     assert table == results["table"]
+    ds = data.get_dataset("digits")
+    teacher = get_model("mlp", num_classes=10, **_kwargs(config.model))
+    student = get_model("mlp", num_classes=10, **_kwargs(config.stages.student.model))
     for row in results["stages"]:
         assert f"| {row['stage']}" in table
         assert row["ratio"] == pytest.approx(results["float32_bytes"] / row["bytes"])
         assert row["latency_ms"] > 0
-        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0
+        # each stage's file predicts what its row reports
+        name = "model.jxcf" if row["stage"] == "file" else f"files/{row['stage']}.jxcf"
+        variables = compression.load_compressed(os.path.join(workdir, name))
+        model = teacher if row["stage"] in ("dense", "pruned", "shared") else student
+        pred = _predict(model, variables, ds.x_test)
+        report = classification_report(ds.y_test, pred, 10)
+        assert np.mean(pred == ds.y_test) == pytest.approx(row["accuracy"], abs=1e-9), row["stage"]
+        assert report["macro_f1"] == pytest.approx(row["macro_f1"], abs=1e-9), row["stage"]
     for sub in ("dense", "pruned", "shared", "student"):  # the training stages' logs
         assert os.path.exists(os.path.join(workdir, sub, "metrics.jsonl")), sub
     # Each stage makes the file smaller, except the float student before quantization.
     b = {r["stage"]: r["bytes"] for r in results["stages"]}
     assert b["dense"] > b["pruned"] > b["shared"] and b["student"] > b["quantized"] >= b["file"]
     assert results["float32_bytes"] == 4 * 17_226
+
+
+def _kwargs(section) -> dict:
+    return {
+        k: tuple(v) if isinstance(v, (list, tuple)) else v
+        for k, v in section.items()
+        if k != "name"
+    }
 
 
 def test_compressed_file_predicts_like_the_quantized_model(digits_run):
@@ -110,7 +122,7 @@ def test_compressed_file_predicts_like_the_quantized_model(digits_run):
     for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
         assert rows["file"][key] == rows["quantized"][key]
     # The saved student predicts as reported.
-    student = get_model("mlp", num_classes=10, features=tuple(config.student.model.features))
+    student = get_model("mlp", num_classes=10, **_kwargs(config.stages.student.model))
     loaded = compression.load_compressed(os.path.join(workdir, "model.jxcf"))
     pred = _predict(student, loaded, ds.x_test)
     assert np.mean(pred == ds.y_test) == pytest.approx(rows["file"]["accuracy"])
@@ -136,7 +148,7 @@ def test_pruned_and_shared_files_hold_the_targets(digits_run):
     pruned = compression.load_compressed(os.path.join(workdir, "files", "pruned.jxcf"))["params"]
     shared = compression.load_compressed(os.path.join(workdir, "files", "shared.jxcf"))["params"]
     targets = {"Dense_0": 0.9, "Dense_1": 0.9, "Dense_2": 0.7}  # the config's per-layer targets
-    assert config.prune.sparsity == 0.9 and dict(config.prune.layers) == {"Dense_2": 0.7}
+    assert config.pruning.sparsity == 0.9 and dict(config.pruning.layers) == {"Dense_2": 0.7}
     for layer, s in targets.items():
         k = np.asarray(pruned[layer]["kernel"])
         zeros = k == 0
@@ -144,15 +156,15 @@ def test_pruned_and_shared_files_hold_the_targets(digits_run):
         assert zeros.sum() <= round(s * k.size) + 2
         ks = np.asarray(shared[layer]["kernel"])
         np.testing.assert_array_equal(ks[zeros], 0.0)  # pruned weights stay exactly zero
-        assert np.unique(ks).size <= 2**config.share.bits
+        assert np.unique(ks).size <= 2**config.sharing.bits
 
 
 def test_final_file_holds_the_quantized_student(digits_run):
     config, _, _, workdir = digits_run
     params = compression.load_compressed(os.path.join(workdir, "model.jxcf"))["params"]
-    assert params["Dense_0"]["kernel"].shape == (64, config.student.model.features[0])
+    assert params["Dense_0"]["kernel"].shape == (64, config.stages.student.model.features[0])
     for layer in ("Dense_0", "Dense_1"):
-        for leaf, bits in (("kernel", config.quantize.bits), ("bias", config.quantize.bias_bits)):
+        for leaf, bits in (("kernel", config.ptq.weight_bits), ("bias", config.ptq.bias_bits)):
             w = np.asarray(params[layer][leaf], np.float64)
             axis = 0 if leaf == "kernel" else None  # kernels: one scale per output channel
             scale = np.abs(w).max(axis=axis) / (2 ** (bits - 1) - 1)
@@ -166,16 +178,17 @@ def test_conv_channel_pruning_slims_and_shares_per_kind(tmp_path):
     c = load_config("digits_deep_compression", "quick")
     c.model = {"name": "lenet5", "features": (6, 8), "padding": "SAME", "hidden": (16,)}
     c.num_epochs = 2
-    c.prune.structure = "channels"
-    c.prune.sparsity = 0.5
-    c.prune.layers = {}
-    c.prune.slim = True
-    c.share.bits = 4
-    c.share.layers = {"Conv": 6}
-    c.student.enabled = False
+    c.pruning.structure = "channels"
+    c.pruning.sparsity = 0.5
+    c.pruning.layers = {}
+    c.stages.prune.slim = True
+    c.sharing.bits = 4
+    c.sharing.layers = {"Conv": 6}
+    c.stages.student.enabled = False
     c.sweep.sparsities = ()
     c.sweep.bits = (3,)
-    final, results = compress_and_evaluate(c, str(tmp_path))
+    c.plots = False
+    final, results = compress.run(c, str(tmp_path))
     rows = {r["stage"]: r for r in results["stages"]}
     assert list(rows) == ["dense", "pruned", "slimmed", "shared", "quantized", "file"]
     assert rows["slimmed"]["params"] < rows["pruned"]["params"]
@@ -193,67 +206,76 @@ def test_conv_channel_pruning_slims_and_shares_per_kind(tmp_path):
 
 def test_lenet300_fashion_config_runs_on_tiny_data(tmp_path):
     """The Fashion-MNIST LeNet-300-100 config end to end on a small fake IDX dataset."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 512), ("t10k", 128)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        images[np.arange(n), labels * 2, :] = 255
-        data.write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images)
-        data.write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
     c = load_config("fashion_mnist_lenet300_deep_compression", "quick")
-    c.dataset.data_dir = str(tmp_path)
+    c.dataset.data_dir = write_fake_fashion_mnist(tmp_path, 512, 128)
     c.dataset.num_train, c.dataset.num_test = 512, 128
     c.sweep.bits = ()
-    final, results = compress_and_evaluate(c, None)
+    final, results = compress.run(c, None)
     rows = {r["stage"]: r for r in results["stages"]}
     assert list(rows) == ["dense", "pruned", "shared", "quantized", "file"]
-    k = np.asarray(final.params["Dense_0"]["kernel"])
-    assert (k == 0).sum() >= round(0.93 * k.size)
+    assert (results["num_train"], results["num_val"], results["num_test"]) == (461, 51, 128)
+    for layer, target in (("Dense_0", 0.93), ("Dense_1", 0.92), ("Dense_2", 0.75)):
+        k = np.asarray(final.params[layer]["kernel"])
+        assert (k == 0).sum() >= round(target * k.size), layer
     assert results["float32_bytes"] == 4 * 266_610
     assert rows["file"]["ratio"] > 30
+
+
+SHAPES = {"digits": (8, 8, 1), "fashion_mnist": (28, 28, 1)}
+
+
+def fake_data(name: str, n: int = 512) -> build.Data:
+    """Zeros shaped like ``name``'s images: what ``compress.check`` reads of the data."""
+    x, y = np.zeros((n, *SHAPES[name]), np.float32), np.zeros((n,), np.int32)
+    return build.Data(name, 10, x, y, x[:10], y[:10], x[:10], y[:10])
+
+
+def check(c) -> None:
+    ds = fake_data(c.dataset.name)
+    compress.check(c, ds, build.build_model(c.model, 10, c.quantization))
 
 
 @pytest.mark.parametrize("name", COMPRESS_CONFIGS)
 @pytest.mark.parametrize("variant", ["", "quick"])
 def test_configs_are_valid_for_their_models(name, variant):
     c = load_config(name, variant)
-    ds_shape = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28, 1)}[c.dataset.name]
-    m = get_model(c.model.name, **training.model_kwargs(c, 10))
-    shapes = jax.eval_shape(lambda x: m.init(jax.random.key(0), x), jnp.zeros(ds_shape))
-    validate_compress_config(c, shapes["params"])
     assert c.dataset.name in data.dataset_names()
+    check(c)  # every section, the per-layer rules against the model's kernels included
 
 
 def test_config_errors():
     c = load_config("digits_deep_compression", "quick")
-    c.prune.slim = True
-    with pytest.raises(ValueError, match="prune.slim=True needs prune.structure='channels'"):
-        validate_compress_config(c)
+    c.stages.prune.slim = True
+    with pytest.raises(ValueError, match="slim=True needs config.pruning.structure='channels'"):
+        check(c)
     c = load_config("digits_deep_compression", "quick")
-    c.share.epochs = -1
-    with pytest.raises(ValueError, match="share.epochs=-1"):
-        validate_compress_config(c)
+    c.stages.share.epochs = -1
+    with pytest.raises(ValueError, match="config.stages.share.epochs=-1"):
+        check(c)
     c = load_config("digits_deep_compression", "quick")
-    c.student.teacher = "oracle"
-    with pytest.raises(ValueError, match="student.teacher='oracle'"):
-        validate_compress_config(c)
+    c.stages.student.teacher = "oracle"
+    with pytest.raises(ValueError, match="config.stages.student.teacher='oracle'"):
+        check(c)
     c = load_config("digits_deep_compression", "quick")
-    c.prune.layers = {"Dense_7": 0.5}
-    params = {"Dense_0": {"kernel": jnp.zeros((2, 2))}}
-    with pytest.raises(ValueError, match=r"prune.layers names \['Dense_7'\]"):
-        validate_compress_config(c, params)
-    with pytest.raises(ValueError, match="config.prune is missing"):
-        validate_compress_config(training.default_config())
+    c.pruning.layers = {"Dense_7": 0.5}
+    with pytest.raises(ValueError, match=r"config.pruning.layers.*Dense_7"):
+        check(c)
+    c = load_config("digits_deep_compression", "quick")
+    c.ptq.weight_bits = 33
+    with pytest.raises(ValueError, match=r"config.ptq.weight_bits=33"):
+        check(c)
+    with pytest.raises(ValueError, match="is missing: the 'compress' recipe"):
+        compress.run(load_config("digits_mlp"), None)
     with pytest.raises(ValueError, match="variant='huge'"):
         load_config("digits_deep_compression", "huge")
 
 
-def test_layer_setting_prefers_names_over_kinds():
+def test_per_layer_rules_prefer_names_over_kinds():
     m = {"Conv": 8, "Dense_1": 4}
-    assert layer_setting(m, 5, "Conv_3/kernel") == 8
-    assert layer_setting(m, 5, "Dense_1/kernel") == 4
-    assert layer_setting(m, 5, "Dense_0/kernel") == 5
-    assert layer_setting(None, 5, "Dense_0/kernel") == 5
+    assert rule_for(m, "Conv_3/kernel", 5) == 8
+    assert rule_for(m, "Dense_1/kernel", 5) == 4
+    assert rule_for(m, "Dense_0/kernel", 5) == 5
+    assert rule_for(None, "Dense_0/kernel", 5) == 5
 
 
 @settings(max_examples=50, deadline=None)

@@ -16,12 +16,18 @@ labels); the distilled student matches the teacher's soft targets on the same im
 import ml_collections
 
 from experiments.configs import fashion_mnist_kd_mlp
+from jaxopt_models.checks import check_one_of
+
+VARIANTS = ("", "quick", "1k", "10k", "full")
 
 
 def get_config(variant: str = ""):
-    c = fashion_mnist_kd_mlp.get_config(variant)
+    """``fashion_mnist_kd_mlp`` with Hinton's MLPs; variants: see ``VARIANTS``."""
+    check_one_of("variant", variant, VARIANTS)
+    c = fashion_mnist_kd_mlp.get_config("quick" if variant == "quick" else "")
+    p = c.protocol
     c.model.features = (800, 800)
-    c.distill.teacher_num_train = c.distill.student_num_train  # the same labelled images
+    p.teacher_num_train = p.student_num_train  # the same labelled images
 
     t = c.teacher
     t.model = ml_collections.ConfigDict(
@@ -30,16 +36,18 @@ def get_config(variant: str = ""):
     t.optimizer.learning_rate = 1e-3
     t.batch_size = 64
     t.num_epochs = 200 if variant != "quick" else 5
-    t.augment = ml_collections.ConfigDict({"shift": 2, "flip": False, "mode": "edge"})
+    t.augment.shift = 2
+    t.augment.flip = False
+    t.augment.mode = "edge"
     if variant in ("1k", "10k"):  # the same setting on the first 1,000 / 10,000 images
         n = 1000 if variant == "1k" else 10000
-        c.distill.student_num_train = n
-        c.distill.teacher_num_train = n
-        c.distill.temperatures = (2, 4)
+        p.student_num_train = n
+        p.teacher_num_train = n
+        p.temperatures = (2, 4)
         t.log_every_epochs = 20
     if variant == "full":  # all 60,000 labelled images for teacher and student
-        c.distill.student_num_train = None
-        c.distill.teacher_num_train = None
+        p.student_num_train = None
+        p.teacher_num_train = None
         c.batch_size = 128
         c.num_epochs = 30
         c.log_every_epochs = 10

@@ -14,20 +14,27 @@ from the teacher are reported apart.
   # quick local try: --config=experiments/configs/fashion_mnist_kd_jitter.py:quick
 """
 
-import ml_collections
-
 from experiments.configs import fashion_mnist_kd_mlp
+
+VARIANTS = fashion_mnist_kd_mlp.VARIANTS
 
 
 def get_config(variant: str = ""):
+    """``fashion_mnist_kd_mlp`` with a jittered teacher and jittered distilled students."""
     c = fashion_mnist_kd_mlp.get_config(variant)
-    c.distill.teacher_num_train = c.distill.student_num_train  # the same labelled images
-    c.distill.augment = ml_collections.ConfigDict({"shift": 2, "flip": False, "mode": "edge"})
-    c.distill.augmented_alone_control = True
+    p = c.protocol
+    p.teacher_num_train = p.student_num_train  # the same labelled images
+    p.augment.shift = 2
+    p.augment.flip = False
+    p.augment.mode = "edge"
+    p.augmented_alone_control = True
+    c.distillation.precompute_teacher = False  # the teacher labels the jittered images
 
     t = c.teacher
     t.model.dropout_rate = 0.3
     t.batch_size = 64
     t.num_epochs = 60 if variant != "quick" else 5
-    t.augment = ml_collections.ConfigDict({"shift": 2, "flip": False, "mode": "edge"})
+    t.augment.shift = 2
+    t.augment.flip = False
+    t.augment.mode = "edge"
     return c

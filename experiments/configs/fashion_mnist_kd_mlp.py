@@ -8,16 +8,19 @@ See ``fashion_mnist_kd_unlabeled.py`` for distillation through unlabelled images
   python -m experiments.distill --config experiments/configs/fashion_mnist_kd_mlp.py \
       --workdir runs/fm_kd_mlp
   # quick local try: --config=experiments/configs/fashion_mnist_kd_mlp.py:quick
-  # other temperatures: --config.distill.temperatures='(2, 4)'
+  # other temperatures: --config.protocol.temperatures='(2, 4)'
 """
 
-from ml_collections import config_dict
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import distill
 
-from jaxopt_models.training import default_config, default_distill_config
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = default_config()  # the student
+    """The distill recipe's config; ``variant="quick"``: 6000 images, 2 seeds, T = 1, 4."""
+    check_one_of("variant", variant, VARIANTS)
+    c = distill.default_config()  # the top-level fields configure the student
     c.dataset.name = "fashion_mnist"
     c.model.name = "mlp"
     c.model.features = (100,)
@@ -28,20 +31,17 @@ def get_config(variant: str = ""):
     c.batch_size = 64
     c.num_epochs = 100
     c.log_every_epochs = 10
-    c.progress = False
     c.seeds = (0, 1, 2)
 
-    c.distill = default_distill_config()
-    c.distill.temperatures = (1, 2, 4, 8, 20)
-    c.distill.alpha = 0.9
-    c.distill.num_epochs = config_dict.placeholder(int)  # None: the student's num_epochs
-    c.distill.teacher_num_train = config_dict.placeholder(int)  # None: all
-    c.distill.student_num_train = config_dict.placeholder(int)
-    c.distill.student_num_train = 3000
-    c.distill.transfer_num_train = config_dict.placeholder(int)  # None: the student's images
+    c.distillation.alpha = 0.9
+    p = c.protocol
+    p.temperatures = (1, 2, 4, 8, 20)
+    p.num_epochs = None  # the student's num_epochs
+    p.teacher_num_train = None  # all
+    p.student_num_train = 3000
+    p.transfer_num_train = None  # the student's images
 
-    t = default_config()
-    del t.dataset  # the teacher trains on config.dataset
+    t = c.teacher  # trains on config.dataset
     t.model.name = "lenet5"
     t.model.kernel_init = "he_normal"
     t.optimizer.name = "adam"
@@ -49,16 +49,14 @@ def get_config(variant: str = ""):
     t.optimizer.schedule = "cosine"
     t.batch_size = 128
     t.num_epochs = 10
-    t.progress = False
-    c.teacher = t
 
     if variant == "quick":
         c.dataset.num_train = 6000
         c.dataset.num_test = 2000
-        c.distill.student_num_train = 1000
+        p.student_num_train = 1000
         c.num_epochs = 10
         c.log_every_epochs = 5
-        c.distill.temperatures = (1, 4)
+        p.temperatures = (1, 4)
         c.seeds = (0, 1)
-        c.teacher.num_epochs = 2
+        t.num_epochs = 2
     return c

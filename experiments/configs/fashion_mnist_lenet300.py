@@ -5,11 +5,16 @@ r"""LeNet-300-100 (MLP 784-300-100-10) on Fashion-MNIST.
   # quick local try: --config=experiments/configs/fashion_mnist_lenet300.py:quick
 """
 
-from jaxopt_models.training import default_config
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import train
+
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = default_config()
+    """The train recipe's config; ``variant="quick"``: 2 epochs on 6000 images."""
+    check_one_of("variant", variant, VARIANTS)
+    c = train.default_config()
     c.dataset.name = "fashion_mnist"
     c.model.name = "mlp"
     c.model.features = (300, 100)

@@ -9,15 +9,22 @@ float baseline has the same budget.
   # quick local try: --config=experiments/configs/fashion_mnist_lenet300_binary.py:quick
 """
 
-from experiments.configs import fashion_mnist_lenet300
+from experiments.configs import fashion_mnist_lenet300, inherit
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import ptq
+
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = fashion_mnist_lenet300.get_config(variant)
+    """The ptq recipe's config on ``fashion_mnist_lenet300``'s model, data and optimizer."""
+    check_one_of("variant", variant, VARIANTS)
+    base = fashion_mnist_lenet300.get_config(variant)
+    c = inherit(ptq.default_config(), base, drop=("pruning",))  # QAT only, no pruning
     if variant != "quick":
         c.num_epochs = 10
     c.quantization.weight_mode = "binary"
     c.quantization.per_channel = True
     c.compare_float = True
-    c.ptq = {"enabled": False}
+    c.ptq.enabled = False
     return c

@@ -12,11 +12,16 @@ biases, Huffman-coded file.
   # quick local try: --config=experiments/configs/fashion_mnist_lenet300_deep_compression.py:quick
 """
 
-from jaxopt_models.training import default_compress_config
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import compress
+
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = default_compress_config()
+    """The compress recipe's config; ``variant="quick"``: a minute-long smoke run."""
+    check_one_of("variant", variant, VARIANTS)
+    c = compress.default_config()
     c.dataset.name = "fashion_mnist"
     c.model.name = "lenet300_100"
     c.model.kernel_init = "he_normal"
@@ -26,15 +31,16 @@ def get_config(variant: str = ""):
     c.batch_size = 128
     c.num_epochs = 20
     c.log_every_epochs = 5
-    c.prune.epochs = 20
-    c.prune.layers = {"Dense_0": 0.93, "Dense_1": 0.92, "Dense_2": 0.75}
-    c.prune.ramp_fraction = 0.6
-    c.prune.optimizer.learning_rate = 2e-3  # 3e-4: 88.9%, 1e-3: 89.5%, 3e-3: 89.5% pruned
-    c.prune.optimizer.schedule = "cosine"
-    c.share.bits = 5
-    c.share.epochs = 2
-    c.share.optimizer.learning_rate = 1e-4
-    c.quantize.bias_bits = 8
+    c.pruning.method = "magnitude"
+    c.pruning.layers = {"Dense_0": 0.93, "Dense_1": 0.92, "Dense_2": 0.75}
+    c.pruning.end_fraction = 0.6
+    c.stages.prune.epochs = 20
+    c.stages.prune.optimizer.learning_rate = 2e-3  # 3e-4: 88.9%, 1e-3: 89.5%, 3e-3: 89.5%
+    c.stages.prune.optimizer.schedule = "cosine"
+    c.sharing.bits = 5
+    c.stages.share.epochs = 2
+    c.stages.share.optimizer.learning_rate = 1e-4
+    c.ptq.bias_bits = 8
     c.sweep.sparsities = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
     c.sweep.bits = (1, 2, 3, 4, 5, 6, 8)
     return apply_variant(c, variant, quick_num_train=2000)
@@ -42,16 +48,15 @@ def get_config(variant: str = ""):
 
 def apply_variant(c, variant: str, *, quick_num_train: int):
     """``variant="quick"``: a minute-long smoke run on ``quick_num_train`` images."""
+    check_one_of("variant", variant, VARIANTS)
     if variant == "quick":
         c.dataset.num_train = quick_num_train
         c.dataset.num_test = 500
         c.num_epochs = 1
-        c.prune.epochs = 1
-        c.share.epochs = 1
+        c.stages.prune.epochs = 1
+        c.stages.share.epochs = 1
         c.sweep.sparsities = (0.9,)
         c.sweep.bits = (4,)
         c.latency.rounds = 2
         c.latency.iters = 1
-    elif variant:
-        raise ValueError(f"variant={variant!r} is not known; allowed: '', 'quick'")
     return c

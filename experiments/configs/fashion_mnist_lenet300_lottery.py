@@ -13,25 +13,29 @@ the control that tells a winning ticket from a good mask.
   # quick local try: --config=experiments/configs/fashion_mnist_lenet300_lottery.py:quick
 """
 
-import ml_collections
-from ml_collections import config_dict
+from experiments.configs import fashion_mnist_lenet300, inherit
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import lottery
 
-from experiments.configs import fashion_mnist_lenet300
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = fashion_mnist_lenet300.get_config("quick" if variant == "quick" else "")
+    """The lottery recipe's config on ``fashion_mnist_lenet300``'s model, data and optimizer.
+
+    ``variant="quick"``: that config's quick data, one epoch per round, two rounds.
+    """
+    check_one_of("variant", variant, VARIANTS)
+    base = fashion_mnist_lenet300.get_config(variant)
+    c = inherit(lottery.default_config(), base, drop=("pruning",))  # pruning: the rounds
     c.num_epochs = 4  # per round
-    c.lottery = ml_collections.ConfigDict()
     c.lottery.rounds = 5
     c.lottery.prune_fraction = 0.4
     c.lottery.scope = "global"
     c.lottery.rewind_steps = 0
     c.lottery.random_reinit = True
-    c.lottery.reinit_seed = config_dict.placeholder(int)  # None: seed + 1
+    c.lottery.reinit_seed = None  # seed + 1
     if variant == "quick":
         c.num_epochs = 1
         c.lottery.rounds = 2
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r}; use '' or 'quick'")
     return c

@@ -17,10 +17,17 @@ output layer at the target and costs about half a point more.
 
 from experiments.configs import fashion_mnist_lenet300
 
+VARIANTS = "'', 'quick', a target sparsity in percent such as '95', or both: '95,quick'"
+
 
 def get_config(variant: str = ""):
     """Variants (comma-separated): a target sparsity in percent (``90``, ``95``), ``quick``."""
     tokens = [t for t in variant.split(",") if t]
+    for t in tokens:
+        if t != "quick" and not (t.isdigit() and 0 <= int(t) < 100):
+            raise ValueError(
+                f"unknown variant {t!r} in variant={variant!r}; allowed values: {VARIANTS}"
+            )
     c = fashion_mnist_lenet300.get_config("quick" if "quick" in tokens else "")
     c.pruning.method = "magnitude"
     c.pruning.sparsity = 0.9
@@ -33,8 +40,6 @@ def get_config(variant: str = ""):
     for t in tokens:
         if t.isdigit():
             c.pruning.sparsity = int(t) / 100
-        elif t != "quick":
-            raise ValueError(f"unknown variant {t!r} in {variant!r}; use e.g. '95' or '95,quick'")
     if "quick" in tokens:
         c.pruning.frequency = 10
     return c

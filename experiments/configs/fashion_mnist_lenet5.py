@@ -5,11 +5,16 @@ r"""LeNet-5 (conv 6@5x5, conv 16@5x5, 120, 84) on Fashion-MNIST.
   # quick local try: --config=experiments/configs/fashion_mnist_lenet5.py:quick
 """
 
-from jaxopt_models.training import default_config
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import train
+
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = default_config()
+    """The train recipe's config; ``variant="quick"``: 2 epochs on 6000 images."""
+    check_one_of("variant", variant, VARIANTS)
+    c = train.default_config()
     c.dataset.name = "fashion_mnist"
     c.model.name = "lenet5"
     c.model.kernel_init = "he_normal"

@@ -14,17 +14,20 @@ epoch of centroid fine-tuning, 8-bit biases, Huffman-coded file. (The CPU runs a
 
 from experiments.configs import fashion_mnist_lenet300_deep_compression as lenet300_dc
 
+VARIANTS = lenet300_dc.VARIANTS
+
 
 def get_config(variant: str = ""):
+    """``fashion_mnist_lenet300_deep_compression``'s data, optimizer and stages on LeNet-5."""
     c = lenet300_dc.get_config()  # the same data, optimizer and stages; LeNet-5 settings:
     c.model.name = "lenet5_caffe"
     c.num_epochs = 4
     c.log_every_epochs = 2
-    c.prune.epochs = 5
-    c.prune.layers = {"Conv_0": 0.34, "Conv_1": 0.88, "Dense_0": 0.93, "Dense_1": 0.81}
-    c.prune.optimizer.learning_rate = 1e-3
-    c.share.layers = {"Conv": 8}
-    c.share.epochs = 1
+    c.stages.prune.epochs = 5
+    c.pruning.layers = {"Conv_0": 0.34, "Conv_1": 0.88, "Dense_0": 0.93, "Dense_1": 0.81}
+    c.stages.prune.optimizer.learning_rate = 1e-3
+    c.sharing.layers = {"Conv": 8}
+    c.stages.share.epochs = 1
     c.sweep.sparsities = (0.5, 0.7, 0.8, 0.9, 0.95)
     c.sweep.bits = (2, 3, 4, 5, 6, 8)
     c.latency.rounds = 5

@@ -8,27 +8,28 @@ evaluates the float model, the fake-quant model and the real int8 path.
   # quick local try: --config=experiments/configs/fashion_mnist_lenet5_ptq.py:quick
 """
 
-import ml_collections
+from experiments.configs import fashion_mnist_lenet5, inherit
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import ptq
 
-from experiments.configs import fashion_mnist_lenet5
-
-
-def ptq_config(enabled: bool = True) -> ml_collections.ConfigDict:
-    """The ``ptq`` section read by ``experiments/quantize.py``."""
-    c = ml_collections.ConfigDict()
-    c.enabled = enabled
-    c.calibration_examples = 2048
-    c.calibration = "minmax"
-    c.act_bits = 8
-    return c
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = fashion_mnist_lenet5.get_config(variant)
+    """The ptq recipe's config on ``fashion_mnist_lenet5``'s model, data and optimizer.
+
+    ``variant="quick"``: that config's quick run, 512 calibration images.
+    """
+    check_one_of("variant", variant, VARIANTS)
+    base = fashion_mnist_lenet5.get_config(variant)
+    c = inherit(ptq.default_config(), base, drop=("pruning",))  # float training, no pruning
     if variant != "quick":
         c.num_epochs = 6
     c.compare_float = True
-    c.ptq = ptq_config()
+    c.ptq.enabled = True
+    c.ptq.calibration_examples = 2048
+    c.ptq.calibration = "minmax"
+    c.ptq.act_bits = 8
     if variant == "quick":
         c.ptq.calibration_examples = 512
     return c

@@ -10,8 +10,11 @@ loss with a straight-through gradient; the float baseline has the same budget.
 
 from experiments.configs import fashion_mnist_lenet5_ptq
 
+VARIANTS = fashion_mnist_lenet5_ptq.VARIANTS
+
 
 def get_config(variant: str = ""):
+    """``fashion_mnist_lenet5_ptq`` with 4-bit weight QAT and no int8 path."""
     c = fashion_mnist_lenet5_ptq.get_config(variant)
     c.quantization.weight_bits = 4
     c.quantization.per_channel = True

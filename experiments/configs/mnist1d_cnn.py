@@ -1,6 +1,7 @@
 r"""CNN on MNIST-1D: conv-BN-ReLU blocks (32, 32 | 64, 64), max pooling, global average pool.
 
   python -m experiments.train --config experiments/configs/mnist1d_cnn.py --workdir runs/m1d_cnn
+  # quick local try: --config=experiments/configs/mnist1d_cnn.py:quick
 
 The MNIST-1D package's own baseline CNN (three stride-2 convs of 25 channels, model name
 ``mnist1d_cnn``) is the ``:baseline`` variant; it reached 92.5% here (see
@@ -13,11 +14,16 @@ translation-tolerant net.
 
 import ml_collections
 
-from jaxopt_models.training import default_config
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import train
+
+VARIANTS = ("", "quick", "baseline")
 
 
 def get_config(variant: str = ""):
-    c = default_config()
+    """The train recipe's config; ``"quick"``: 3 epochs; ``"baseline"``: the package's CNN."""
+    check_one_of("variant", variant, VARIANTS)
+    c = train.default_config()
     c.dataset.name = "mnist1d"
     c.model.name = "deep_cnn"
     c.model.stages = ((32, 32), (64, 64))

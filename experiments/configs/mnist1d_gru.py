@@ -1,13 +1,19 @@
 r"""GRU classifier on MNIST-1D signals read one value per time step.
 
 python -m experiments.train --config experiments/configs/mnist1d_gru.py --workdir runs/m1d_gru
+# quick local try: --config=experiments/configs/mnist1d_gru.py:quick
 """
 
-from jaxopt_models.training import default_config
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import train
+
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = default_config()
+    """The train recipe's config; ``variant="quick"``: 2 epochs."""
+    check_one_of("variant", variant, VARIANTS)
+    c = train.default_config()
     c.dataset.name = "mnist1d"
     c.model.name = "gru"
     c.model.hidden_size = 128

@@ -1,13 +1,19 @@
 r"""MLP on MNIST-1D (generated locally, 4000 train / 1000 test).
 
 python -m experiments.train --config experiments/configs/mnist1d_mlp.py --workdir runs/m1d_mlp
+# quick local try: --config=experiments/configs/mnist1d_mlp.py:quick
 """
 
-from jaxopt_models.training import default_config
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.recipes import train
+
+VARIANTS = ("", "quick")
 
 
 def get_config(variant: str = ""):
-    c = default_config()
+    """The train recipe's config; ``variant="quick"``: 3 epochs."""
+    check_one_of("variant", variant, VARIANTS)
+    c = train.default_config()
     c.dataset.name = "mnist1d"
     c.model.name = "mlp"
     c.model.features = (100, 100)

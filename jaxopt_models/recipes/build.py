@@ -411,8 +411,13 @@ def qat_model_kwargs(section) -> dict[str, Any]:
 
 
 def quantization_enabled(section) -> bool:
-    """Whether a ``quantization`` section quantizes weights or activations in training."""
-    return weight_quantizer(section) is not None or bool(qat_model_kwargs(section))
+    """Whether a ``quantization`` section quantizes weights or activations in training.
+
+    Checks every field of the section (both builders run, whatever the first one says).
+    """
+    weights = weight_quantizer(section) is not None
+    activations = bool(qat_model_kwargs(section))
+    return weights or activations
 
 
 # ----------------------------------------------------------------------------- the rest

@@ -29,10 +29,11 @@ def field_listing(config, prefix: str = "config") -> list[str]:
     for key in sorted(config.keys()):
         value = config[key]
         name = f"{prefix}.{key}"
-        if hasattr(value, "keys") and hasattr(value, "items") and len(value.keys()):
+        is_section = hasattr(value, "keys") and hasattr(value, "items")
+        if is_section and len(value.keys()):
             lines.extend(field_listing(value, name))
-        else:
-            lines.append(f"{name} = {value!r}")
+        else:  # an empty section (e.g. per-layer rules) is "{}", on one line
+            lines.append(f"{name} = {'{}' if is_section else repr(value)}")
     return lines
 
 
@@ -53,14 +54,20 @@ def define_flags(default_config: Callable[[], Any], **extra: tuple[str, Any, str
             "--config.<field>=<value>. Fields and defaults of this recipe:\n" + listing,
             lock_config=True,
         )
-    for name, kind, default, help_ in (
+    specs = (
         ("workdir", "string", None, "Output directory."),
         ("resume", "bool", False, "Continue from the newest checkpoint in the workdir."),
         ("overwrite", "bool", False, "Replace a finished run in the workdir."),
         ("show_config", "bool", False, "Print the resolved config and exit."),
-    ) + tuple((n, *v) for n, v in extra.items()):
+    ) + tuple((n, *v) for n, v in extra.items())
+    for name, kind, default, help_ in specs:
         if name not in FLAGS:
             getattr(flags, f"DEFINE_{kind}")(name, default, help_)
+    # --help shows the main module's key flags; these are defined here, so declare them
+    # key flags of the script (absl names the main module by sys.argv[0])
+    main_module = sys.argv[0] if sys.argv else "__main__"
+    for name in ("config", *(spec[0] for spec in specs)):
+        FLAGS.register_key_flag_for_module(main_module, FLAGS[name])
 
 
 def _fail(message: str) -> None:
@@ -68,17 +75,31 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _one_line(text: str) -> str:
+    """A (multi-line) parse error as one line: a wrapped traceback keeps only its last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "Traceback (most recent call last):" in lines:
+        return f"{lines[0].rstrip(':')}: {lines[-1]}"
+    return " ".join(lines)
+
+
 def _parse(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        _fail(str(e))
-    except (AttributeError, KeyError, ValueError, TypeError, FileNotFoundError) as e:
+        _fail(_one_line(str(e)))
+    except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:
         # config_flags: an unknown field, a bad value or a config file that cannot load
         text = str(e).strip("'\"") or type(e).__name__
         if isinstance(e, (AttributeError, KeyError)):
-            text = f"unknown config field {text!r} (see --help for the fields)"
-        _fail(text)
+            given = [
+                a.split("=", 1)[0]
+                for a in argv[1:]
+                if a.startswith("--config.") and text in a.split("=", 1)[0].split(".")
+            ]
+            where = f" in {given[0]}" if given else ""
+            text = f"unknown config field {text!r}{where} (see --help for the fields)"
+        _fail(_one_line(text))
     return []
 
 
@@ -96,6 +117,11 @@ def main(run: Callable[..., Any], report: Callable[[Any], None] | None = None) -
         config = FLAGS.config
         if config is None:
             _fail("--config is required (a config file, e.g. experiments/configs/digits_mlp.py)")
+        try:  # config_flags reports a config file that failed to load on first use
+            config.keys()
+        except OSError as e:
+            last = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
+            _fail(f"--config cannot be loaded: {last}")
         if FLAGS.show_config:
             print("\n".join(field_listing(config)))
             return

@@ -274,9 +274,18 @@ def check_fields(config: Any, reference: Mapping[str, Any], recipe: str, prefix:
 
     Raises:
       ValueError: naming the first unknown field and the recipe, e.g. a compress config's
-        ``config.stages`` given to the train recipe.
+        ``config.stages`` given to the train recipe; or a top-level field the recipe reads
+        that ``config`` lacks (a train config given to the crossval recipe has no
+        ``config.crossval``).
     """
     ref_keys = set(reference.keys())
+    if prefix == "config":
+        missing = sorted(ref_keys - set(config.keys()))
+        if missing:
+            raise ValueError(
+                f"config.{missing[0]} is missing: the {recipe!r} recipe reads it (missing: "
+                f"{missing}); start the config from that recipe's default_config()"
+            )
     for key in config.keys():
         name = f"{prefix}.{key}"
         if key not in ref_keys:

@@ -180,6 +180,8 @@ def run(
     """
     with build.config_errors():
         schema.check_fields(config, default_config(), "distill")
+        if teacher_dir is not None:
+            build.check_saved_run(teacher_dir, "teacher_dir")
         build.prepare_workdir(workdir, overwrite=overwrite, resume=False, marker=SUMMARY_FILE)
         initialize_distributed(config)
         data = build.load_data(config, dataset)

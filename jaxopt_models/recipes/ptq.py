@@ -145,6 +145,8 @@ def run(
             raise ValueError(
                 "nothing to do: config.quantization is float and config.compare_float=False"
             )
+        if float_dir is not None:
+            build.check_saved_run(float_dir, "float_dir", ("variables.msgpack", "results.json"))
         build.prepare_workdir(workdir, overwrite=overwrite, resume=False, marker=SUMMARY_FILE)
         initialize_distributed(config)
         data = build.load_data(config, dataset)
