@@ -45,12 +45,3 @@ def test_errors():
     with pytest.raises(ValueError, match="outside"):
         metrics.confusion_matrix([0, 5], [0, 1], num_classes=3)
 
-
-def test_kfold_indices_partition():
-    folds = metrics.kfold_indices(23, 5, seed=1)
-    val = np.concatenate([v for _, v in folds])
-    np.testing.assert_array_equal(np.sort(val), np.arange(23))
-    for tr, va in folds:
-        assert not set(tr) & set(va) and len(tr) + len(va) == 23
-    with pytest.raises(ValueError, match="k="):
-        metrics.kfold_indices(10, 1)

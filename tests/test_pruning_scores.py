@@ -56,7 +56,9 @@ def test_get_scorer_names_and_callables():
     )
     user = lambda params, grads, key: params
     assert get_scorer(user) is user
-    with pytest.raises(ValueError, match="scorer must be one of"):
+    with pytest.raises(
+        ValueError, match=r"scorer='movement' is not known; allowed values: \['magnitude'"
+    ):
         get_scorer("movement")
     with pytest.raises(TypeError, match="scorer must be a name or a callable"):
         get_scorer(3)

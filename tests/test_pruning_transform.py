@@ -1,5 +1,7 @@
 """Tests for jaxopt_models.pruning.transform: prune() keeps pruned weights exactly zero."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,11 +14,16 @@ from jaxopt_models.pruning import (
     PruneState,
     compute_masks,
     erk_sparsity,
+    find_prune_state,
+    get_scorer,
     keep_masks,
+    magnitude_scores,
     n_by_m,
     one_shot,
     polynomial,
     prune,
+    random_scores,
+    replace_masks,
     saliency_scores,
 )
 
@@ -147,7 +154,7 @@ def test_saliency_scorer_uses_grads_extra_arg():
 def test_user_scorer_plug_in_and_random_scorer_determinism():
     params = init_params()
     grads = jax.tree.map(jnp.ones_like, params)
-    largest_first = lambda p, g, key: jax.tree.map(lambda w: -jnp.abs(w), p)
+    largest_first = lambda params: jax.tree.map(lambda w: -jnp.abs(w), params)
     _, state = prune(largest_first, 0.5).update(
         grads, prune(largest_first, 0.5).init(params), params
     )
@@ -235,7 +242,7 @@ def test_errors_are_clear():
         prune("magnitude", 0.5, distribution="gaussian")
     with pytest.raises(ValueError, match="scope='global' needs distribution='uniform'"):
         prune("magnitude", 0.5, scope="global", distribution="erk")
-    with pytest.raises(ValueError, match="scorer must be one of"):
+    with pytest.raises(ValueError, match=r"scorer='taylor' is not known; allowed values"):
         prune("taylor", 0.5)
     with pytest.raises(ValueError, match="not a multiple of m=3"):
         prune("magnitude", 0.5, structure=n_by_m(1, 3)).init(params)
@@ -260,3 +267,131 @@ def test_fixed_schedules_compute_masks_in_init_and_step_without_a_branch():
         results[name] = state.masks
     jax.tree.map(np.testing.assert_array_equal, results["number"], results["dynamic"])
     jax.tree.map(np.testing.assert_array_equal, results["one_shot0"], results["dynamic"])
+
+
+# ------------------------------------------------------------------ scorer signatures
+def _both(params, grads, key):
+    """A user scorer of the full form: saliency with a small random tie-break."""
+    noise = random_scores(params, key)
+    return jax.tree.map(lambda s, r: s + 1e-3 * r, saliency_scores(params, grads), noise)
+
+
+def _key_then_grads(params, key, grads):
+    return _both(params, grads, key)
+
+
+def _keyword_only_key(params, *, key, scale=2.0):
+    return jax.tree.map(lambda r: scale * r, random_scores(params, key))
+
+
+# scorer -> the scores it must give for (params, grads, key)
+SCORER_FORMS = {
+    "magnitude_scores": (magnitude_scores, lambda p, g, k: magnitude_scores(p)),
+    "saliency_scores": (saliency_scores, lambda p, g, k: saliency_scores(p, g)),
+    "random_scores": (random_scores, lambda p, g, k: random_scores(p, k)),
+    "f(params, grads, key)": (_both, _both),
+    "f(params, key, grads)": (_key_then_grads, _both),
+    "f(params, *, key, scale=2.0)": (
+        _keyword_only_key,
+        lambda p, g, k: jax.tree.map(lambda r: 2.0 * r, random_scores(p, k)),
+    ),
+}
+
+
+@pytest.mark.parametrize("form", sorted(SCORER_FORMS))
+def test_get_scorer_hands_each_form_the_params_grads_and_key_it_names(form):
+    scorer, reference = SCORER_FORMS[form]
+    params = init_params()
+    grads = jax.tree.map(lambda w: jnp.cos(3.0 * w), params)
+    key = jax.random.key(7)
+    got = get_scorer(scorer)(params, grads, key)
+    chex.assert_trees_all_equal(got, reference(params, grads, key))
+    # the reference reads what the form names: other grads / another key change it
+    other_key = reference(params, grads, jax.random.key(8))
+    other_grads = reference(params, jax.tree.map(jnp.sin, grads), key)
+    changed = lambda a: (
+        not all(
+            np.array_equal(x, y)
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(got), strict=True)
+        )
+    )
+    reads_key = form.startswith("random") or "key" in form
+    reads_grads = form.startswith("saliency") or "grads" in form
+    assert changed(other_key) == reads_key and changed(other_grads) == reads_grads
+
+
+@functools.cache
+def _train_pruned(scorer, steps=20):
+    """``steps`` jitted steps of adam + gradual pruning to 75% (raw grads passed)."""
+    schedule = polynomial(0.75, begin_step=0, end_step=10, frequency=2)
+    tx = optax.chain(optax.adam(1e-2), prune(scorer, schedule, seed=3))
+    params = init_params()
+    state = tx.init(params)
+    step = jax.jit(make_step(tx, pass_grads=True))
+    x, y = batch()
+    for _ in range(steps):
+        params, state = step(params, state, x, y)
+    return params, state[-1].masks
+
+
+TRAINED_FORMS = ["magnitude_scores", "saliency_scores", "random_scores", "f(params, grads, key)"]
+
+
+@pytest.mark.parametrize("form", TRAINED_FORMS)
+def test_prune_with_a_scorer_function_reaches_exact_sparsity_after_adam(form):
+    params, masks = _train_pruned(SCORER_FORMS[form][0])
+    for w, m in zip(kernels(params), kernels(masks), strict=True):
+        w, m = np.asarray(w), np.asarray(m)
+        assert int((~m).sum()) == round(0.75 * w.size)  # exact sparsity per kernel
+        assert (w[~m] == 0.0).all()
+        assert (w[m] != 0.0).all()
+
+
+def test_scorer_functions_choose_different_weights_in_training():
+    """The scorers' inputs reach them inside the step: four different sets of masks."""
+    masks = [
+        np.asarray(_train_pruned(SCORER_FORMS[f][0])[1]["Dense_0"]["kernel"]) for f in TRAINED_FORMS
+    ]
+    for i in range(len(masks)):
+        for j in range(i):
+            assert not np.array_equal(masks[i], masks[j]), (TRAINED_FORMS[i], TRAINED_FORMS[j])
+
+
+def _momentum_scores(params, grads, momentum):
+    return params
+
+
+def _grads_first(grads, params):
+    return params
+
+
+def _no_arguments():
+    return {}
+
+
+@pytest.mark.parametrize(
+    "scorer,name",
+    [
+        (_momentum_scores, "_momentum_scores"),
+        (_grads_first, "_grads_first"),
+        (_no_arguments, "_no_arguments"),
+        (lambda p, g: p, "<lambda>"),
+    ],
+)
+def test_a_wrong_scorer_signature_is_refused_at_construction(scorer, name):
+    with pytest.raises(TypeError, match=rf"scorer '{name}' has signature .*`grads` and/or `key`"):
+        prune(scorer, 0.5)
+
+
+def test_the_prune_state_is_found_in_an_optimizer_state():
+    params = init_params()
+    tx = optax.chain(optax.adam(1e-3), prune("magnitude", 0.5))
+    state = tx.init(params)
+    assert find_prune_state(state) is state[-1] and isinstance(state[-1], PruneState)
+    assert find_prune_state(optax.adam(1e-3).init(params)) is None
+    masks = compute_masks(jax.tree.map(jnp.abs, params), 0.7)
+    fixed = optax.chain(optax.sgd(0.1), keep_masks(masks)).init(params)
+    assert isinstance(find_prune_state(fixed), KeepMasksState)
+    other = jax.tree.map(jnp.logical_not, masks)
+    swapped = find_prune_state(replace_masks(fixed, other)).masks
+    jax.tree.map(np.testing.assert_array_equal, swapped, other)

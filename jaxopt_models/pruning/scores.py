@@ -97,11 +97,20 @@ SCORERS: dict[str, Scorer] = {
 """Built-in scorers by name, in the ``scorer(params, grads, key)`` form."""
 
 
-_SCORER_ARGS = ("params", "grads", "key")
+_OPTIONAL_ARGS = ("grads", "key")
+
+
+def _name(scorer: Callable[..., PyTree]) -> str:
+    return getattr(scorer, "__name__", None) or type(scorer).__name__
 
 
 def _adapt(scorer: Callable[..., PyTree]) -> Scorer:
-    """Wraps a scorer of ``params`` and optionally ``grads`` / ``key`` into the 3-arg form."""
+    """Wraps a scorer of ``params`` and optionally ``grads`` / ``key`` into the 3-arg form.
+
+    Raises:
+      TypeError: the signature is not ``(params[, grads][, key])`` (``grads`` and ``key``
+        by those names, in any order or keyword-only; other parameters need defaults).
+    """
     try:
         sig = inspect.signature(scorer)
     except (TypeError, ValueError):  # builtins without a signature: assume the full form
@@ -109,30 +118,38 @@ def _adapt(scorer: Callable[..., PyTree]) -> Scorer:
     params = list(sig.parameters.values())
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return scorer
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    kw_only = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
-    required = [
-        p.name
-        for p in params
-        if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    accepted = set(names) | kw_only
-    unknown = [n for n in required if n not in _SCORER_ARGS and n != (names[0] if names else "")]
-    if not names or unknown or len(names) > 3:
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    first = positional[0] if positional else None
+    rest = [p for p in params if p is not first and p.kind is not p.VAR_KEYWORD]
+    names = [p.name for p in positional]
+    if (
+        first is not None
+        and names[1:3] == list(_OPTIONAL_ARGS)
+        and all(p.default is not p.empty for p in rest if p.name not in _OPTIONAL_ARGS)
+    ):
+        return scorer  # already (params, grads, key)
+    bad = (
+        first is None
+        or first.name in _OPTIONAL_ARGS
+        or first.kind is first.KEYWORD_ONLY
+        or any(p.default is p.empty and p.name not in _OPTIONAL_ARGS for p in rest)
+        or any(p.kind is p.POSITIONAL_ONLY and p.name in _OPTIONAL_ARGS for p in rest)
+    )
+    if bad:
         raise TypeError(
-            f"scorer {getattr(scorer, '__name__', scorer)!r} has signature {sig}; a scorer takes "
-            "the params as its first argument and optionally `grads` and/or `key` (by those "
-            "names), e.g. `def my_scores(params, grads): ...`"
+            f"scorer {_name(scorer)!r} has signature {sig}; a scorer takes the params as its "
+            "first argument and optionally `grads` and/or `key` (by those names), e.g. "
+            "`def my_scores(params, grads): ...`; any other parameter needs a default"
         )
-    if names[1:] == ["grads", "key"] or len(names) == 3:
-        return scorer
-    want = [n for n in ("grads", "key") if n in accepted]
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    accepted = {p.name for p in rest}
+    want = [n for n in _OPTIONAL_ARGS if n in accepted or takes_kwargs]
 
     def adapted(params, grads, key):
         extra = {"grads": grads, "key": key}
         return scorer(params, **{n: extra[n] for n in want})
 
-    adapted.__name__ = getattr(scorer, "__name__", "scorer")
+    adapted.__name__ = _name(scorer)
     return adapted
 
 

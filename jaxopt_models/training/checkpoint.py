@@ -109,6 +109,11 @@ class Checkpointer:
             ),
             item_names=("state", "meta"),
         )
+        # orbax removes the leftovers in a background future; another Checkpointer on the
+        # same directory (a resumed fit, a reader) would race it, so wait for it here
+        await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
 
     def __repr__(self) -> str:
         return f"Checkpointer({self.directory!r}, keep={self.keep}, every_steps={self.every_steps})"
@@ -156,6 +161,17 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
+
+    def delete(self, step: int) -> None:
+        """Removes checkpoint ``step`` (collective in a multi-process run).
+
+        ``fit`` calls it on the unreadable checkpoints newer than the one it resumed from,
+        so that its next saves at those steps do not collide with them.
+
+        Raises:
+          ValueError: ``step`` has no checkpoint here.
+        """
+        self._manager.delete(self._resolve(step))
 
     def metadata(self, step: int | None = None) -> dict[str, Any]:
         """The JSON ``meta`` item of ``step`` (default the latest)."""

@@ -228,9 +228,11 @@ def fit(
             "continue them with --resume (resume=True) or use another workdir"
         )
     if last_saved is not None:
-        state, meta = ckpt.restore(state)
+        state, meta = ckpt.restore(state)  # warns about (and skips) unreadable newer ones
         _check_resume(meta, settings, total_steps)
         start = int(meta["step"])
+        for unreadable in [s for s in ckpt.all_steps() if s > start]:
+            ckpt.delete(unreadable)  # this run writes those steps again
         last_saved = start
         history = list(meta["history"])
         sums = dict(meta["epoch_sums"])

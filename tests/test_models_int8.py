@@ -1,4 +1,4 @@
-"""Tests of the model-aware int8 inference path (``training.int8_inference``)."""
+"""Tests of the integer inference path of the models (``models/int8.py``)."""
 
 import functools
 
@@ -6,16 +6,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import use_compilation_cache
 
 from jaxopt_models import quantization as qz
-from jaxopt_models.models import MLP, ConvNet, DeepCNN, get_model
-from jaxopt_models.training.int8_inference import (
+from jaxopt_models.models import (
+    MLP,
+    ConvNet,
+    DeepCNN,
     build_int8_model,
     calibrate_activation_ranges,
     capture_layer_inputs,
     fake_quant_apply,
+    get_model,
     int8_apply,
 )
+
+use_compilation_cache()
 
 IMAGES = jax.random.uniform(jax.random.key(1), (128, 28, 28, 1))
 

@@ -1,4 +1,4 @@
-"""Tests for training.parallel: the three parallel modes agree; clear errors.
+"""Tests of training/parallel.py: the three parallel modes agree (steps and ``fit``); errors.
 
 The multi-device checks run this file as a script in a subprocess with 8 simulated CPU
 devices (``XLA_FLAGS`` must be set before JAX starts its backend).
@@ -6,7 +6,6 @@ devices (``XLA_FLAGS`` must be set before JAX starts its backend).
 
 import functools
 import os
-import runpy
 import sys
 
 import jax
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import ROOT, print_report, run_on_simulated_devices
+from _helpers import print_report, run_on_simulated_devices, use_compilation_cache
 
 from jaxopt_models import models, pruning, quantization, training
 from jaxopt_models.training.parallel import (
@@ -25,7 +24,8 @@ from jaxopt_models.training.parallel import (
     make_mesh,
 )
 
-DIGITS_CONFIG = os.path.join(ROOT, "experiments", "configs", "digits_mlp.py")
+use_compilation_cache()
+
 NUM_DEVICES = 8
 NUM_STEPS = 20
 SYNC_EVERY = 10  # collectives on simulated CPU devices: never queue 40+ steps unsynced
@@ -132,6 +132,37 @@ def error_message(fn) -> str:
     return "no error"
 
 
+FIT_EPOCHS, FIT_STEPS = 2, 5
+
+
+def fit_in_every_mode(out_dir: str) -> dict:
+    """``fit`` (pruned variant, metrics synced every 3 steps) in each mode; params saved."""
+    x, y = data(FIT_EPOCHS * FIT_STEPS, seed=1)
+    batches = lambda epoch, start: (
+        {"image": x[FIT_STEPS * epoch + i], "label": y[FIT_STEPS * epoch + i]}
+        for i in range(start, FIT_STEPS)
+    )
+    settings = training.FitSettings(
+        num_epochs=FIT_EPOCHS, steps_per_epoch=FIT_STEPS, sync_every_steps=3
+    )
+    report = {}
+    for parallel in PARALLEL_MODES:
+        state, info = training.fit(
+            make_state("pruned"), make_step("pruned", parallel), batches, settings
+        )
+        np.savez(
+            os.path.join(out_dir, f"fit_{parallel}.npz"),
+            *[np.asarray(v) for v in jax.tree.leaves(state.params)],
+        )
+        report[f"fit_{parallel}"] = {
+            "losses": [r["train_loss"] for r in info["history"]],
+            "steps": info["steps"],
+            "num_devices": info["num_devices"],
+            "parallel": info["parallel"],
+        }
+    return report
+
+
 def worker(out_dir: str) -> None:
     """Runs every variant in every mode on the simulated devices; saves params as .npz."""
     assert jax.device_count() == NUM_DEVICES, jax.devices()
@@ -163,6 +194,7 @@ def worker(out_dir: str) -> None:
                 report[f"{name}_kernel_zero_fraction"] = float(
                     sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels)
                 )
+    report.update(fit_in_every_mode(out_dir))
     x, y = data(1, batch=60)
     for parallel in ("sharding", "pmap"):
         step = make_step("plain", parallel)
@@ -234,6 +266,21 @@ def test_unknown_mesh_axis_is_a_clear_error_on_8_devices(multi_device):
     _, report = multi_device
     msg = report["bad_axis"]
     assert msg.startswith("ValueError") and "'batch'" in msg and "('data',)" in msg, msg
+
+
+@pytest.mark.parametrize("parallel", ["sharding", "pmap"])
+def test_fit_gives_the_same_losses_and_params_in_every_mode(multi_device, parallel):
+    out, report = multi_device
+    ref, got = report["fit_none"], report[f"fit_{parallel}"]
+    assert got["parallel"] == parallel and got["num_devices"] == NUM_DEVICES
+    assert got["steps"] == ref["steps"] == FIT_EPOCHS * FIT_STEPS
+    np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-5)
+    want, have = (
+        np.load(os.path.join(out, "fit_none.npz")),
+        np.load(os.path.join(out, f"fit_{parallel}.npz")),
+    )
+    for name in want.files:
+        np.testing.assert_allclose(have[name], want[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 # ------------------------------------------------------------ single-device tests
@@ -332,18 +379,26 @@ def test_plain_compiled_functions_are_wrapped_as_none_mode():
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 
-def test_fit_rejects_a_train_fn_of_another_mode():
-    config = runpy.run_path(DIGITS_CONFIG)["get_config"]()
-    config.parallel = "sharding"
-    with pytest.raises(ValueError, match=r"config.parallel='sharding' but train_fn runs"):
-        training.fit(
-            config,
-            make_state("plain"),
-            None,
-            None,
-            train_fn=training.make_train_step(),
-            eval_fn=training.make_eval_step(),
-        )
+def test_fit_takes_a_step_of_any_mode_and_a_plain_compiled_function():
+    x, y = data(6, batch=16)
+    batches = lambda epoch, start: (
+        {"image": x[3 * epoch + i], "label": y[3 * epoch + i]} for i in range(start, 3)
+    )
+    settings = training.FitSettings(num_epochs=2, steps_per_epoch=3)
+    histories = {}
+    for parallel in PARALLEL_MODES:
+        step = training.make_train_step(parallel=parallel)
+        state, info = training.fit(make_state("plain"), step, batches, settings)
+        assert info["parallel"] == parallel and int(state.step) == 6
+        histories[parallel] = [r["train_loss"] for r in info["history"]]
+    plain = jax.jit(functools.partial(training.train_step, loss_fn=training.cross_entropy))
+    _, info = training.fit(make_state("plain"), plain, batches, settings)
+    assert info["parallel"] == "none"
+    histories["jit"] = [r["train_loss"] for r in info["history"]]
+    for name, losses in histories.items():
+        np.testing.assert_allclose(losses, histories["none"], rtol=1e-6, err_msg=name)
+    with pytest.raises(TypeError, match="train_fn=3 must be callable"):
+        training.fit(make_state("plain"), 3, batches, settings)
 
 
 if __name__ == "__main__":
