@@ -1,0 +1,475 @@
+"""The one-shot compression recipe: a trained model, a few calibration batches, no retraining.
+
+``run(config, workdir)`` trains the dense model with the train recipe (into
+``<workdir>/dense``), or loads one with ``config.source_dir`` (a finished train run), then
+compresses it once per entry of ``config.one_shot.methods`` with ``models.compress_model``
+(magnitude, Wanda, SparseGPT, RTN, GPTQ, AWQ, SmoothQuant, SparseGPT+GPTQ) on
+``calibration_examples`` training images, and evaluates each result on the validation and
+test splits: quantized methods through their stored form (``models.apply_with_qtensors``
+on the QTensor kernels), pruning methods through the float kernels with exact zeros.
+
+A method entry is a name, optionally followed by settings that replace the section's for
+that entry: ``"sparsegpt"``, ``"sparsegpt n_m=2:4"``, ``"gptq bits=3 group_size=32"``. The
+section's shared settings apply to every method that reads them (``sparsity`` to the
+pruning methods, ``bits`` to the quantizing ones, ...); ``n_m``, when set, replaces
+``sparsity``. ``layers`` holds per-layer rules ``{pattern: {setting: value}}`` or
+``{pattern: "skip"}`` (e.g. keep the classifier head float), under the library's
+convention (``tree.rule_for``); a rule's settings apply to the methods that read them.
+
+Writes ``one_shot.json`` (the rows, per-layer reports and the config) and ``table.md``
+(one row per method, then one per-layer table per method).
+"""
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from jaxopt_models import quantization as qz
+from jaxopt_models.checks import check_one_of
+from jaxopt_models.metrics import classification_report
+from jaxopt_models.models import calibration as cal
+from jaxopt_models.models.weight_only import apply_with_qtensors, stored_bytes
+from jaxopt_models.recipes import build
+from jaxopt_models.recipes import config as schema
+from jaxopt_models.recipes.loading import load_trained
+from jaxopt_models.recipes.train import train
+from jaxopt_models.training import atomic_write_json, count_params, initialize_distributed
+
+RESULTS_FILE = "one_shot.json"
+TABLE_FILE = "table.md"
+SECTION = "config.one_shot"
+_SHARED = tuple(cal.DEFAULT_SETTINGS)
+
+
+def one_shot_section(**overrides: Any) -> ml_collections.ConfigDict:
+    """The ``one_shot`` section.
+
+    Fields:
+      methods: method entries, each ``"<method>"`` or ``"<method> key=value ..."`` (see the
+        module docstring); methods are ``models.calibration.METHODS``.
+      sparsity, n_m, bits, group_size, symmetric, damp, block_size, act_order, n_grid,
+        alpha, act_bits, activations: the shared settings (``models.calibration.
+        DEFAULT_SETTINGS``); ``n_m`` is ``"n:m"`` or None.
+      calibration_examples: training examples the calibration reads (the first ones of the
+        training split, which excludes the validation split).
+      calibration_batch_size: examples per calibration forward pass.
+      sequential: calibrate each layer group on the compressed layers before it.
+      layers: ``{pattern: {setting: value}}`` or ``{pattern: "skip"}``.
+    """
+    c = ml_collections.ConfigDict()
+    c.methods = ("magnitude", "wanda", "sparsegpt", "rtn", "gptq")
+    c.sparsity = 0.5
+    c.n_m = config_dict.placeholder(str)
+    c.bits = 4
+    c.group_size = config_dict.placeholder(int)
+    c.symmetric = False
+    c.damp = 0.01
+    c.block_size = 128
+    c.act_order = False
+    c.n_grid = 20
+    c.alpha = 0.5
+    c.act_bits = 8
+    c.activations = "per_token"
+    c.calibration_examples = 1024
+    c.calibration_batch_size = 256
+    c.sequential = True
+    c.layers = ml_collections.ConfigDict()
+    c.update(overrides)
+    return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The one-shot recipe's config: ``base_config()`` (to train the dense model),
+    ``source_dir`` and the ``one_shot`` section.
+
+    Fields:
+      source_dir: a finished train run to compress instead of training one (its model
+        config is used; ``dataset`` must name the same dataset); the training fields are
+        then unused.
+
+    Example:
+      >>> c = default_config()
+      >>> c.one_shot.methods = ("sparsegpt", "sparsegpt n_m=2:4", "gptq bits=3")
+    """
+    c = schema.base_config()
+    c.source_dir = config_dict.placeholder(str)
+    c.one_shot = one_shot_section()
+    return c
+
+
+# ----------------------------------------------------------------------------- checks
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low == "none":
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_method(entry: Any, index: int) -> tuple[str, dict[str, Any]]:
+    """``"gptq bits=3 group_size=32"`` -> ``("gptq", {"bits": 3, "group_size": 32})``.
+
+    Raises:
+      ValueError: naming ``config.one_shot.methods[index]``: not a string, an unknown
+        method, a malformed ``key=value`` or a setting the method does not read.
+
+    Example:
+      >>> parse_method("sparsegpt n_m=2:4", 0)
+      ('sparsegpt', {'n_m': '2:4'})
+    """
+    where = f"{SECTION}.methods[{index}]"
+    if not isinstance(entry, str) or not entry.split():
+        raise ValueError(f"{where}={entry!r} must be a method name, e.g. 'gptq bits=3'")
+    name, *parts = entry.split()
+    check_one_of(where, name, cal.METHODS)
+    overrides = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{where}={entry!r}: {part!r} must be key=value, e.g. bits=3")
+        if key not in cal.METHOD_SETTINGS[name]:
+            raise ValueError(
+                f"{where}={entry!r}: {key!r} is not read by {name!r}; it reads "
+                f"{list(cal.METHOD_SETTINGS[name])}"
+            )
+        overrides[key] = cal.check_setting(key, _parse_value(value), f"{where} {key}")
+    return name, overrides
+
+
+def _layer_rules(section) -> dict[str, Any]:
+    rules = section.layers.to_dict() if hasattr(section.layers, "to_dict") else section.layers
+    out = {}
+    for pattern, value in dict(rules or {}).items():
+        where = f"{SECTION}.layers[{pattern!r}]"
+        if value == cal.SKIP:
+            out[pattern] = value
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}={value!r} must be a mapping of settings or 'skip'")
+        for key, v in value.items():
+            if key not in cal.DEFAULT_SETTINGS:
+                raise ValueError(
+                    f"{where}.{key} is not a one-shot setting; known: "
+                    f"{sorted(cal.DEFAULT_SETTINGS)}"
+                )
+            cal.check_setting(key, v, f"{where}.{key}")
+        out[pattern] = dict(value)
+    return out
+
+
+def _method_settings(section, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    settings = {k: section[k] for k in cal.METHOD_SETTINGS[name]}
+    if settings.get("n_m") is not None or overrides.get("n_m") is not None:
+        settings.pop("sparsity", None)
+    if overrides.get("sparsity") is not None:
+        settings.pop("n_m", None)
+    settings.update(overrides)
+    return settings
+
+
+def _method_rules(rules: dict[str, Any], name: str) -> dict[str, Any]:
+    reads = cal.METHOD_SETTINGS[name]
+    return {
+        p: v if v == cal.SKIP else {k: x for k, x in v.items() if k in reads}
+        for p, v in rules.items()
+    }
+
+
+def check_section(section) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str, Any]]:
+    """Checks every field of a ``one_shot`` section.
+
+    Returns:
+      ``(methods, rules)``: ``[(entry, method, settings)]`` and the layer rules.
+
+    Raises:
+      ValueError / TypeError naming ``config.one_shot.<field>``.
+    """
+    for key in _SHARED:
+        cal.check_setting(key, section[key], f"{SECTION}.{key}")
+    for key in ("calibration_examples", "calibration_batch_size"):
+        value = section[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{SECTION}.{key}={value!r} must be an int >= 1")
+    if not isinstance(section.sequential, bool):
+        raise TypeError(f"{SECTION}.sequential={section.sequential!r} must be a bool")
+    entries = section.methods
+    if isinstance(entries, str) or not isinstance(entries, (tuple, list)) or not entries:
+        raise ValueError(
+            f"{SECTION}.methods={entries!r} must be a non-empty list of method entries"
+        )
+    methods = []
+    for i, entry in enumerate(entries):
+        name, overrides = parse_method(entry, i)
+        settings = _method_settings(section, name, overrides)
+        where = SECTION if not overrides else f"{SECTION}.methods[{i}]={entry!r}:"
+        cal.check_settings(name, settings, where)
+        methods.append((entry, name, settings))
+    labels = [e for e, _, _ in methods]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{SECTION}.methods={entries!r} lists an entry twice")
+    return methods, _layer_rules(section)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _logits(fn, variables, x: np.ndarray, batch_size: int) -> np.ndarray:
+    out = [np.asarray(fn(variables, x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _metrics(fn, variables, data: build.Data, batch_size: int, dense_logits=None) -> dict:
+    """Val / test metrics; with ``dense_logits`` also ``test_output_error``, the relative
+    squared distance of the test logits to the dense model's."""
+    out = {}
+    for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+        if len(x) == 0:
+            continue
+        logits = _logits(fn, variables, x, batch_size)
+        report = classification_report(y, logits.argmax(-1), data.num_classes)
+        out.update({f"{split}_{k}": v for k, v in report.items()})
+        if split == "test":
+            out["logits"] = logits
+    logits = out.pop("logits", None)
+    if dense_logits is None:
+        return out, logits
+    ref = np.asarray(dense_logits, np.float64)
+    diff = np.asarray(logits, np.float64) - ref
+    out["test_output_error"] = float(np.sum(diff**2) / max(np.sum(ref**2), 1e-30))
+    return out, logits
+
+
+def _nonzeros(params) -> int:
+    return int(sum(int(jnp.sum(jnp.asarray(x) != 0)) for x in jax.tree.leaves(params)))
+
+
+# ----------------------------------------------------------------------------- the recipe
+def _load_source(config, data: build.Data):
+    source = config.source_dir
+    if not isinstance(source, str) or not os.path.isdir(source):
+        raise FileNotFoundError(f"config.source_dir={source!r} is not a directory")
+    with open(os.path.join(source, "results.json")) as f:
+        trained = json.load(f)
+    name = trained.get("config", {}).get("dataset", {}).get("name")
+    if name is not None and name != config.dataset.name:
+        raise ValueError(
+            f"config.source_dir={source!r} was trained on dataset {name!r} but "
+            f"config.dataset.name={config.dataset.name!r}; set the same dataset"
+        )
+    model, variables = load_trained(source, sample_input=data.x_train[:1])
+    return model, jax.device_get(variables), trained
+
+
+def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -> dict[str, Any]:
+    """Gets the dense model, compresses it with every method, writes and returns the rows.
+
+    Args:
+      config: ``default_config()`` with overrides; every field is checked before anything
+        trains or calibrates (``config.one_shot.<field>`` in the messages).
+      workdir: output directory (``None``: nothing written; the dense model is then not
+        saved either).
+      dataset: a ``data.Dataset`` to use instead of ``config.dataset``'s.
+      overwrite: replace a finished run in ``workdir``.
+
+    Returns:
+      ``{"dataset", "model", "rows", "table", "layer_tables", "dense_dir", ...}``; each row
+      has ``method``, ``val_accuracy``, ``test_accuracy``, ``test_macro_f1``, ``nonzeros``,
+      ``params``, ``kernel_sparsity``, ``bytes``, ``mean_rel_error`` (of the compressed
+      layers, on their calibration inputs), ``test_output_error`` (``||f(x) - f_dense(x)||^2
+      / ||f_dense(x)||^2`` of the test logits), ``seconds``, ``calibration_seconds`` and the
+      per-layer reports.
+
+    Example:
+      >>> results = run(config, "runs/one_shot")
+      >>> print(results["table"])
+    """
+    with build.config_errors():
+        schema.check_fields(config, default_config(), "one_shot")
+        section = config.one_shot
+        methods, rules = check_section(section)
+        build.prepare_workdir(
+            workdir, overwrite=overwrite, resume=config.resume, marker=RESULTS_FILE
+        )
+        initialize_distributed(config)
+        data = build.load_data(config, dataset)
+        n_calib = section.calibration_examples
+        if n_calib > len(data.x_train):
+            raise ValueError(
+                f"{SECTION}.calibration_examples={n_calib} is more than the "
+                f"{len(data.x_train)} training examples"
+            )
+        source = None
+        if config.source_dir is not None:
+            model, variables, source = _load_source(config, data)
+            shapes = variables
+        else:
+            model = build.build_model(config.model, data.num_classes)
+            build.fit_settings(config, build.num_steps(len(data.x_train), config.batch_size))
+            shapes = jax.eval_shape(
+                lambda x: model.init(jax.random.key(0), x, train=False), data.x_train[:1]
+            )
+        for _, name, settings in methods:
+            cal.plan_compression(
+                model,
+                shapes,
+                data.x_train[:1],
+                method=name,
+                settings=settings,
+                layers=_method_rules(rules, name),
+                field=SECTION,
+                layers_field=f"{SECTION}.layers",
+            )
+    dense_dir = config.source_dir
+    if source is None:
+        dense_dir = None if workdir is None else os.path.join(workdir, "dense")
+        state, _ = train(config, data, dense_dir)
+        variables = jax.device_get(state.variables)
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    qfwd = jax.jit(lambda v, x: apply_with_qtensors(model, v, x, train=False))
+    bs = config.eval_batch_size
+    dense_metrics, dense_logits = _metrics(fwd, variables, data, bs)
+    rows = [
+        {
+            "method": "dense",
+            **dense_metrics,
+            "test_output_error": 0.0,
+            "params": count_params(variables["params"]),
+            "nonzeros": _nonzeros(variables["params"]),
+            "kernel_sparsity": 0.0,
+            "bytes": qz.size_bytes(variables["params"]),
+            "mean_rel_error": 0.0,
+            "seconds": 0.0,
+            "calibration_seconds": 0.0,
+        }
+    ]
+    calib = data.x_train[:n_calib]
+    cb = section.calibration_batch_size
+    batches = [calib[i : i + cb] for i in range(0, len(calib), cb)]
+    layer_tables = []
+    for entry, name, settings in methods:
+        t0 = time.perf_counter()
+        new_variables, report = cal.compress_model(
+            model,
+            variables,
+            batches,
+            method=name,
+            settings=settings,
+            sequential=section.sequential,
+            layers=_method_rules(rules, name),
+            apply_kwargs={"train": False},
+            field=SECTION,
+            layers_field=f"{SECTION}.layers",
+        )
+        seconds = time.perf_counter() - t0
+        if report.qparams is not None:
+            stored = {**variables, "params": report.qparams}
+            metrics, _ = _metrics(qfwd, stored, data, bs, dense_logits)
+            size = stored_bytes(report.qparams)
+        else:
+            metrics, _ = _metrics(fwd, new_variables, data, bs, dense_logits)
+            size = qz.size_bytes(new_variables["params"])
+        compressed = [r for r in report.layers if r.settings is not None]
+        zeros = sum(r.size - r.nonzeros for r in report.layers)
+        kernels_total = sum(r.size for r in report.layers)
+        errors = [r.rel_error for r in compressed if r.rel_error is not None]
+        rows.append(
+            {
+                "method": entry,
+                **metrics,
+                "params": count_params(new_variables["params"]),
+                "nonzeros": _nonzeros(new_variables["params"]),
+                "kernel_sparsity": zeros / max(kernels_total, 1),
+                "bytes": size,
+                "mean_rel_error": float(np.mean(errors)) if errors else 0.0,
+                "seconds": seconds,
+                "calibration_seconds": report.calibration_seconds,
+                "layers": [r._asdict() for r in report.layers],
+            }
+        )
+        layer_tables.append(f"### {entry}\n\n" + cal.format_layer_table(report))
+    results = {
+        "dataset": data.name,
+        "model": config.model.name if source is None else source["config"]["model"]["name"],
+        "dense_dir": dense_dir,
+        "calibration_examples": n_calib,
+        "sequential": section.sequential,
+        "rows": rows,
+        "table": format_table(rows),
+        "layer_tables": layer_tables,
+        "config": config.to_dict(),
+    }
+    if workdir is not None and jax.process_index() == 0:
+        atomic_write_json(os.path.join(workdir, RESULTS_FILE), results)
+        text = "\n".join([results["table"], *layer_tables])
+        with open(os.path.join(workdir, TABLE_FILE), "w") as f:
+            f.write(text)
+    return results
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of the recipe's rows (one per method, dense first).
+
+    Example:
+      >>> print(format_table(results["rows"]))
+    """
+    header = [
+        "method",
+        "val acc %",
+        "test acc %",
+        "test F1",
+        "kernel sparsity",
+        "nonzeros",
+        "bytes",
+        "mean layer error",
+        "output error",
+        "seconds",
+    ]
+    lines = []
+    for r in rows:
+        lines.append(
+            [
+                r["method"],
+                "-" if "val_accuracy" not in r else f"{100 * r['val_accuracy']:.2f}",
+                f"{100 * r['test_accuracy']:.2f}",
+                f"{r['test_macro_f1']:.4f}",
+                f"{100 * r['kernel_sparsity']:.1f}%",
+                f"{r['nonzeros']:,}",
+                f"{r['bytes']:,}",
+                f"{r['mean_rel_error']:.4g}",
+                f"{r['test_output_error']:.4g}",
+                f"{r['seconds']:.1f}",
+            ]
+        )
+    widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells):
+        out = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(out) + " |"
+
+    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([fmt(header), sep, *(fmt(row) for row in lines)]) + "\n"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """Prints the summary table and each method's per-layer table."""
+    print(
+        f"{results['model']} on {results['dataset']}, {results['calibration_examples']} "
+        f"calibration examples ({'sequential' if results['sequential'] else 'parallel'})"
+    )
+    print(results["table"])
+    for table in results["layer_tables"]:
+        print(table)
