@@ -1,8 +1,8 @@
 r"""A byte-level GPT on the King James Bible, sized for a 2-core CPU (about 15 minutes).
 
-4 layers, 4 heads, width 192, context 128, RoPE, LayerNorm, GELU MLP, tied embeddings
-(about 1.8M parameters); AdamW 2e-3 with 200 warmup steps and cosine decay, clipping at 1,
-batch 16. Validation every 500 steps on the first 40 validation batches; the whole
+4 layers, 4 heads, width 160, context 128, RoPE, LayerNorm, GELU MLP, tied embeddings
+(about 1.3M parameters); AdamW 2e-3 with 200 warmup steps and cosine decay, clipping at 1,
+batch 12, 1,500 steps. Validation every 250 steps on the first 40 validation batches; the whole
 validation and test streams (books held out by document) at the end; two samples.
 
   apt-get install -y bible-kjv bible-kjv-text
@@ -19,13 +19,13 @@ def get_config(variant: str = ""):
     c.dataset.tokenizer = "byte"
     c.model.num_layers = 4
     c.model.num_heads = 4
-    c.model.embed_dim = 192
+    c.model.embed_dim = 160
     c.context = 128
-    c.batch_size = 16
+    c.batch_size = 12
     c.optimizer.learning_rate = 2e-3
     c.optimizer.warmup_steps = 200
-    c.num_steps = 4000
-    c.eval_every_steps = 500
+    c.num_steps = 1500
+    c.eval_every_steps = 250
     c.eval_max_batches = 40
     c.generate.prompt = "And God said"
     c.generate.max_new_tokens = 100
