@@ -1,5 +1,21 @@
 """Flax linen models: MLP, LeNet-5 style CNNs, a deeper CNN, LSTM/GRU RNNs and transformers."""
 
+from jaxopt_models.models.calibration import LayerInfo as LayerInfo
+from jaxopt_models.models.calibration import LayerReport as LayerReport
+from jaxopt_models.models.calibration import LayerStats as LayerStats
+from jaxopt_models.models.calibration import OneShotReport as OneShotReport
+from jaxopt_models.models.calibration import check_settings as check_settings
+from jaxopt_models.models.calibration import collect_hessians as collect_hessians
+from jaxopt_models.models.calibration import collect_stats as collect_stats
+from jaxopt_models.models.calibration import compress_layer as compress_layer
+from jaxopt_models.models.calibration import compress_model as compress_model
+from jaxopt_models.models.calibration import find_layers as find_layers
+from jaxopt_models.models.calibration import format_layer_table as format_layer_table
+from jaxopt_models.models.calibration import init_stats as init_stats
+from jaxopt_models.models.calibration import input_groups as input_groups
+from jaxopt_models.models.calibration import make_stats_step as make_stats_step
+from jaxopt_models.models.calibration import output_error as output_error
+from jaxopt_models.models.calibration import plan_compression as plan_compression
 from jaxopt_models.models.checkpoint_import import convert_checkpoint as convert_checkpoint
 from jaxopt_models.models.checkpoint_import import load_pretrained as load_pretrained
 from jaxopt_models.models.checkpoint_import import read_checkpoint as read_checkpoint
@@ -41,6 +57,15 @@ from jaxopt_models.models.transformer import gpt2 as gpt2
 from jaxopt_models.models.transformer import gpt_tiny as gpt_tiny
 from jaxopt_models.models.transformer import llama_tiny as llama_tiny
 from jaxopt_models.models.transformer import logical_axes as logical_axes
+from jaxopt_models.models.transformer import mesh_specs as mesh_specs
 from jaxopt_models.models.transformer import tinyllama_1b as tinyllama_1b
+from jaxopt_models.models.weight_only import QuantizedKernel as QuantizedKernel
+from jaxopt_models.models.weight_only import apply_with_qtensors as apply_with_qtensors
+from jaxopt_models.models.weight_only import dequantize_kernel as dequantize_kernel
+from jaxopt_models.models.weight_only import dequantize_tree as dequantize_tree
+from jaxopt_models.models.weight_only import is_quantized as is_quantized
+from jaxopt_models.models.weight_only import quantized_kernels as quantized_kernels
+from jaxopt_models.models.weight_only import stored_bytes as stored_bytes
+from jaxopt_models.models.weight_only import weight_only_dense as weight_only_dense
 
 LeNet5 = ConvNet

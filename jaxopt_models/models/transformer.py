@@ -22,6 +22,7 @@ at the cache position with ``lax.dynamic_update_slice`` and advances it, with fi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -134,7 +135,8 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> ja
 
     Args:
       x: ``(B, T, heads, D)`` queries or keys, ``D`` even.
-      positions: ``(T,)`` integer positions.
+      positions: ``(T,)`` integer positions; with a NumPy array (positions known when
+        tracing) the cosine and sine tables are constants, computed once in float64.
       theta: the base of the rotation frequencies.
 
     Returns:
@@ -144,13 +146,170 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> ja
       >>> q = apply_rope(jnp.ones((1, 5, 2, 8)), jnp.arange(5))
     """
     d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
-    angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]  # (1, T, 1, D)
+    xp, dtype = (np, np.float64) if isinstance(positions, np.ndarray) else (jnp, jnp.float32)
+    inv_freq = 1.0 / (theta ** (xp.arange(0, d, 2, dtype=dtype) / d))
+    angles = positions.astype(dtype)[:, None] * inv_freq[None, :]  # (T, D/2)
+    angles = xp.concatenate([angles, angles], axis=-1)[None, :, None, :]  # (1, T, 1, D)
+    cos, sin = xp.cos(angles).astype(np.float32), xp.sin(angles).astype(np.float32)
     xf = x.astype(jnp.float32)
     x1, x2 = xf[..., : d // 2], xf[..., d // 2 :]
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- CPU kernels
+#
+# What XLA:CPU does with the plain autodiff of a transformer, and what these replace (see
+# benchmarks/lm_throughput.py):
+# - a weight gradient ``x.T @ dy`` contracts the row dimension of both operands; XLA:CPU
+#   runs it about 25% slower than the same product after an explicit transpose of ``x``,
+#   and fuses whole backward chains (LayerNorm gradients) into the transposing copies it
+#   inserts instead. ``_rows_matmul`` computes the transpose once, behind an
+#   ``optimization_barrier``.
+# - attention by autodiff keeps several (B, H, T, S) temporaries (the softmax Jacobian, a
+#   broadcast of the row sums); ``_softmax_attention`` keeps only the probabilities and uses
+#   ``sum(p * dp) = sum(do * o)``, and its forward (scores, mask, softmax) is one fusion.
+# Other backends use the plain formulations.
+
+
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+@jax.custom_vjp
+def _rows_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` for ``x`` ``(N, K)`` and ``w`` ``(K, M)``, with a CPU-friendly gradient."""
+    return jnp.matmul(x, w)
+
+
+def _rows_matmul_fwd(x, w):
+    return jnp.matmul(x, w), (x, w)
+
+
+def _rows_matmul_bwd(res, dy):
+    x, w = res
+    dx = jnp.matmul(dy, w.T.astype(dy.dtype))
+    dw = jnp.matmul(jax.lax.optimization_barrier(x.T).astype(dy.dtype), dy)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
+
+
+def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """``lax.dot_general`` for the linear layers (the ``dot_general`` of ``nn.Dense``).
+
+    On the CPU backend a product that contracts the trailing axes of ``lhs`` with the
+    leading axes of ``rhs`` (every Dense, head projection and output projection) runs as a
+    2-D ``_rows_matmul``; anything else, or any other backend, is plain ``lax.dot_general``.
+    """
+    (lhs_c, rhs_c), (lhs_b, rhs_b) = dimension_numbers
+    n = len(lhs_c)
+    plain = (
+        not _on_cpu()
+        or lhs_b
+        or rhs_b
+        or precision is not None
+        or preferred_element_type is not None
+        or lhs.dtype != rhs.dtype
+        or tuple(a % lhs.ndim for a in lhs_c) != tuple(range(lhs.ndim - n, lhs.ndim))
+        or tuple(a % rhs.ndim for a in rhs_c) != tuple(range(n))
+    )
+    if plain:
+        return jax.lax.dot_general(
+            lhs,
+            rhs,
+            dimension_numbers,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    lead, out = lhs.shape[: lhs.ndim - n], rhs.shape[n:]
+    k = int(np.prod(rhs.shape[:n]))
+    y = _rows_matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
+    return y.reshape(*lead, *out)
+
+
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # as jax.nn.dot_product_attention
+
+
+@jax.custom_vjp
+def _softmax_attention(q, k, v, bias):
+    """``softmax(q k^T / sqrt(D) + bias) v`` for ``(B, N, T, D)`` / ``(B, N, S, D)`` inputs.
+
+    ``bias`` is a float32 additive mask broadcastable to ``(B, N, T, S)``, or ``None``.
+    Scores and softmax in float32; returns ``(B, N, T, D)`` in ``q.dtype``.
+    """
+    return _softmax_attention_fwd(q, k, v, bias)[0]
+
+
+def _softmax_attention_fwd(q, k, v, bias):
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    s = jnp.einsum("bntd,bnsd->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        s = s + bias
+    e = jnp.exp(s - s.max(-1, keepdims=True))
+    p = e * (1.0 / e.sum(-1, keepdims=True))
+    o = jnp.einsum("bnts,bnsd->bntd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    o = o.astype(q.dtype)
+    return o, (q, k, v, bias, p, o)
+
+
+def _softmax_attention_bwd(res, do):
+    q, k, v, bias, p, o = res
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    f32 = jnp.float32
+    dv = jnp.einsum("bnts,bntd->bnsd", p.astype(do.dtype), do, preferred_element_type=f32)
+    dp = jnp.einsum("bntd,bnsd->bnts", do, v.astype(do.dtype), preferred_element_type=f32)
+    delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)  # = sum(p * dp)
+    ds = p * (dp - delta) * scale
+    dq = jnp.einsum("bnts,bnsd->bntd", ds.astype(k.dtype), k, preferred_element_type=f32)
+    dk = jnp.einsum("bnts,bntd->bnsd", ds.astype(q.dtype), q, preferred_element_type=f32)
+    dbias = None
+    if bias is not None:  # summed over the axes the bias was broadcast along
+        lead = ds.ndim - bias.ndim
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, n in enumerate(bias.shape) if n == 1 and ds.shape[lead + i] != 1
+        )
+        dbias = jnp.sum(ds, axis=axes, keepdims=True).reshape(bias.shape).astype(bias.dtype)
+    return (
+        dq.astype(q.dtype),
+        dk.astype(k.dtype),
+        dv.astype(v.dtype),
+        dbias,
+    )
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+
+
+def _attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, is_causal: bool
+) -> jax.Array:
+    """``jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)``.
+
+    ``q`` is ``(B, T, H, D)``, ``k``/``v`` ``(B, S, KV, D)`` (``KV`` divides ``H``), ``mask``
+    a bool array broadcastable to ``(B, 1, T, S)``. On the CPU backend it runs as
+    :func:`_softmax_attention` on a heads-major layout, the query heads of one key/value
+    head stacked along the rows.
+    """
+    b, t, h, d = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    if not _on_cpu() or (mask is not None and (mask.ndim != 4 or mask.shape[1] != 1)):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    g = h // kv
+    allowed = np.tril(np.ones((t, s), bool))[None, None] if is_causal else None
+    if mask is not None:
+        allowed = mask if allowed is None else jnp.logical_and(allowed, mask)
+    bias = None
+    if allowed is not None:
+        xp = np if isinstance(allowed, np.ndarray) else jnp  # a constant when only causal
+        bias = xp.where(allowed, np.float32(0.0), np.float32(_MASK_VALUE)).astype(np.float32)
+        if g > 1 and bias.shape[-2] != 1:  # rows are (group, position): repeat per group
+            bias = xp.tile(bias, (1, 1, g, 1))
+    qh = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, d)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    o = _softmax_attention(qh, kh, vh, bias)
+    return o.reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -175,7 +334,7 @@ class HeadProjection(nn.Module):
         kernel_init = _normal(cfg.init_std, ("embed", self.heads_axis, "head_dim"))
         kernel = self.param("kernel", kernel_init, shape, cfg.param_dtype)
         x, kernel = x.astype(cfg.dtype), kernel.astype(cfg.dtype)
-        y = jnp.einsum("...e,ehd->...hd", x, kernel)
+        y = _dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
         if cfg.use_bias:
             bias_init = _zeros((self.heads_axis,))
             bias = self.param("bias", bias_init, (self.heads * cfg.head_dim,), cfg.param_dtype)
@@ -184,7 +343,8 @@ class HeadProjection(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head (or grouped-query) self-attention through ``jax.nn.dot_product_attention``.
+    """Multi-head (or grouped-query) self-attention (``jax.nn.dot_product_attention``
+    semantics; see :func:`_attention`).
 
     Params: ``query`` ``(E, H, D)``, ``key``/``value`` ``(E, KV, D)``, ``out`` ``(H, D, E)``
     kernels (plus flat biases with ``use_bias``). With ``decode`` the keys and values are written
@@ -199,16 +359,23 @@ class Attention(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        positions: jax.Array,
         mask: jax.Array | None,
         cache_index: jax.Array | None,
         decode: bool,
     ) -> jax.Array:
         cfg = self.cfg
         residual_std = cfg.init_std / np.sqrt(2 * cfg.num_layers)
+        b, t = x.shape[:2]
+        # Positions are made here, not passed in: outside decoding they stay NumPy values
+        # (also under nn.remat), so the rotary tables are the same constants in every program.
+        positions = np.arange(t)
+        if decode:
+            positions = jnp.asarray(positions) + cache_index
+        rows = x.reshape(b * t, x.shape[-1])  # 2-D operands (see "CPU kernels")
 
         def proj(heads: int, heads_axis: str, name: str) -> jax.Array:
-            return HeadProjection(heads, heads_axis, cfg, name=name)(x)
+            y = HeadProjection(heads, heads_axis, cfg, name=name)(rows)
+            return y.reshape(b, t, *y.shape[1:])
 
         q = proj(cfg.num_heads, "heads", "query")
         k = proj(cfg.num_kv_heads, "kv_heads", "key")
@@ -225,8 +392,9 @@ class Attention(nn.Module):
             is_causal = False
         # K/V with fewer heads than Q is grouped-query attention: query head h reads
         # key/value head h // (num_heads // num_kv_heads).
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
-        return nn.DenseGeneral(
+        y = _attention(q, k, v, mask, is_causal)
+        y = y.reshape(b * t, *y.shape[2:])
+        y = nn.DenseGeneral(
             cfg.embed_dim,
             axis=(-2, -1),
             use_bias=cfg.use_bias,
@@ -234,8 +402,10 @@ class Attention(nn.Module):
             param_dtype=cfg.param_dtype,
             kernel_init=_normal(residual_std, ("heads", "head_dim", "embed")),
             bias_init=_zeros(("embed",)),
+            dot_general=_dot_general,
             name="out",
         )(y)
+        return y.reshape(b, t, -1)
 
     def _update_cache(
         self, k: jax.Array, v: jax.Array, index: jax.Array
@@ -278,6 +448,7 @@ class FeedForward(nn.Module):
                 param_dtype=cfg.param_dtype,
                 kernel_init=_normal(std, names),
                 bias_init=_zeros(names[1:]),
+                dot_general=_dot_general,
                 name=name,
             )
 
@@ -301,23 +472,27 @@ class Block(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        positions: jax.Array,
         mask: jax.Array | None,
         cache_index: jax.Array | None,
         train: bool,
         decode: bool,
     ) -> jax.Array:
         cfg = self.cfg
-        h = _norm(cfg, "attn_norm")(x)
-        h = Attention(cfg, self.causal, name="attn")(h, positions, mask, cache_index, decode)
-        x = x + nn.Dropout(cfg.dropout_rate, deterministic=not train)(h)
+        b, t, e = x.shape
+        # The norms, the MLP and the residual stream work on (B * T, E) rows: XLA:CPU fuses
+        # 2-D elementwise producers into the transposes of the backward pass much better.
+        x = x.reshape(b * t, e)
+        h = _norm(cfg, "attn_norm")(x).reshape(b, t, e)
+        h = Attention(cfg, self.causal, name="attn")(h, mask, cache_index, decode)
+        x = x + nn.Dropout(cfg.dropout_rate, deterministic=not train)(h.reshape(b * t, e))
         h = FeedForward(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
-        return x + nn.Dropout(cfg.dropout_rate, deterministic=not train)(h)
+        x = x + nn.Dropout(cfg.dropout_rate, deterministic=not train)(h)
+        return x.reshape(b, t, e)
 
 
 def _blocks(cfg: TransformerConfig, causal: bool) -> list[nn.Module]:
-    # nn.remat counts ``self`` as argument 0: train and decode are arguments 5 and 6.
-    block = nn.remat(Block, static_argnums=(5, 6)) if cfg.remat else Block
+    # nn.remat counts ``self`` as argument 0: train and decode are arguments 4 and 5.
+    block = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat else Block
     return [block(cfg, causal, name=f"block_{i}") for i in range(cfg.num_layers)]
 
 
@@ -550,7 +725,7 @@ class CausalLM(_Transformer):
         positions = jnp.arange(tokens.shape[1]) + (0 if start is None else start)
         x, embed = self._embed(cfg, tokens, positions, train)
         for block in _blocks(cfg, causal=True):
-            x = block(x, positions, None, start, train, decode)
+            x = block(x, None, start, train, decode)
         x = _norm(cfg, "final_norm")(x)
         if self.tie_embeddings:
             logits = embed.attend(x)
@@ -561,6 +736,7 @@ class CausalLM(_Transformer):
                 dtype=cfg.dtype,
                 param_dtype=cfg.param_dtype,
                 kernel_init=_normal(cfg.init_std, ("embed", "vocab")),
+                dot_general=_dot_general,
                 name="lm_head",
             )(x)
         return logits.astype(jnp.float32)
@@ -641,7 +817,7 @@ class EncoderClassifier(_Transformer):
         x, _ = self._embed(cfg, tokens, positions, train)
         key_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): no query reads padding
         for block in _blocks(cfg, causal=False):
-            x = block(x, positions, key_mask, None, train, False)
+            x = block(x, key_mask, None, train, False)
         x = _norm(cfg, "final_norm")(x).astype(jnp.float32)
         if self.pooling == "cls":
             pooled = x[:, 0]
@@ -685,6 +861,65 @@ def logical_axes(model: nn.Module, tokens: jax.Array) -> PyTree:
         lambda s: s if isinstance(s, PartitionSpec) else PartitionSpec(),
         specs,
         is_leaf=lambda s: isinstance(s, PartitionSpec),
+    )
+
+
+def mesh_specs(
+    model: nn.Module,
+    tokens: jax.Array,
+    mesh_axes: Mapping[str, str | None] | Sequence[str],
+    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+) -> PyTree:
+    """The mesh ``PartitionSpec`` of every parameter: logical names -> rules -> mesh axes.
+
+    Each parameter's logical names (:func:`logical_axes`) go through ``rules`` (as
+    ``nn.logical_to_mesh_axes``) to the rule axes (``data``, ``fsdp``, ``tensor``), which
+    ``mesh_axes`` renames to the axes of the mesh at hand; a rule axis it does not list is
+    dropped (that dimension is not split over it), and an axis a spec would name twice is
+    kept once. Nothing is computed: the model is only traced.
+
+    Args:
+      model: a :class:`CausalLM` or :class:`EncoderClassifier`.
+      tokens: a ``(B, T)`` example input (values unused).
+      mesh_axes: ``{rule axis: mesh axis or None}``, or a sequence of rule axes kept under
+        their own names. E.g. tensor parallelism on a ``("data", "tensor")`` mesh:
+        ``("tensor",)``; FSDP with the ``fsdp`` rules on the ``data`` axis plus tensor
+        parallelism: ``{"fsdp": "data", "tensor": "tensor"}``.
+      rules: ``(logical name, rule axes)`` pairs (default :data:`LOGICAL_AXIS_RULES`).
+
+    Returns:
+      A pytree shaped like ``params`` with a ``PartitionSpec`` of mesh axes per leaf.
+
+    Example:
+      >>> specs = mesh_specs(model, jnp.zeros((1, 8), jnp.int32), ("tensor",))
+      >>> specs["block_0"]["attn"]["query"]["kernel"]
+      PartitionSpec(None, 'tensor')
+    """
+    if isinstance(mesh_axes, str) or not isinstance(mesh_axes, (Mapping, Sequence)):
+        raise TypeError(
+            f"mesh_axes={mesh_axes!r} must be a mapping {{rule axis: mesh axis}} or a "
+            "sequence of rule axes"
+        )
+    rename = dict(mesh_axes) if isinstance(mesh_axes, Mapping) else {a: a for a in mesh_axes}
+
+    def convert(spec: PartitionSpec) -> PartitionSpec:
+        used: set[str] = set()
+        entries = []
+        for entry in nn.logical_to_mesh_axes(tuple(spec), rules):
+            axes = entry if isinstance(entry, (tuple, list)) else (entry,)
+            kept = []
+            for axis in axes:
+                mesh_axis = rename.get(axis) if axis is not None else None
+                if mesh_axis is not None and mesh_axis not in used:
+                    used.add(mesh_axis)
+                    kept.append(mesh_axis)
+            entries.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+        while entries and entries[-1] is None:
+            entries.pop()
+        return PartitionSpec(*entries)
+
+    return jax.tree.map(
+        convert, logical_axes(model, tokens), is_leaf=lambda s: isinstance(s, PartitionSpec)
     )
 
 
