@@ -138,6 +138,17 @@ def _skip_nonfinite(step_fn: Callable) -> Callable:
     return wrapped
 
 
+def global_batch_array(sharding: NamedSharding, x: Any, global_rows: int) -> jax.Array:
+    """This process's rows ``x`` of a global batch as one array laid out by ``sharding``.
+
+    ``x`` already in that layout is returned as it is.
+    """
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x, (global_rows, *x.shape[1:]))
+
+
 class ParallelStep:
     """A compiled train step together with the data placement rules of its mode.
 
@@ -294,15 +305,7 @@ class ParallelStep:
         if self.mode == "sharding":
             global_rows = local_rows * jax.process_count()
 
-            def put(x):
-                if isinstance(x, jax.Array) and x.sharding == self._data:
-                    return x
-                x = np.asarray(x)
-                return jax.make_array_from_process_local_data(
-                    self._data, x, (global_rows, *x.shape[1:])
-                )
-
-            return jax.tree.map(put, batch)
+            return jax.tree.map(lambda x: global_batch_array(self._data, x, global_rows), batch)
         n_local = jax.local_device_count()
         return jax.tree.map(
             lambda x: jax.device_put(

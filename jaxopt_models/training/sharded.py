@@ -35,6 +35,7 @@ from jaxopt_models.training.parallel import (
     ParallelStep,
     _is_key,
     _skip_nonfinite,
+    global_batch_array,
 )
 from jaxopt_models.typing import PyTree
 
@@ -471,15 +472,7 @@ class ShardedStep(ParallelStep):
         global_rows = local_rows // slots * self.num_devices
         self.check_batch_size(global_rows)
 
-        def put(x):
-            if isinstance(x, jax.Array) and x.sharding == self._data:
-                return x
-            x = np.asarray(x)
-            return jax.make_array_from_process_local_data(
-                self._data, x, (global_rows, *x.shape[1:])
-            )
-
-        return jax.tree.map(put, batch)
+        return jax.tree.map(lambda x: global_batch_array(self._data, x, global_rows), batch)
 
     # --------------------------------------------------------------------- the state
     def place_state(self, tree: PyTree) -> PyTree:
