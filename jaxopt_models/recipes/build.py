@@ -105,7 +105,9 @@ def _number(value: Any, field: str, low: float, high: float, *, high_open: bool)
     return float(value)
 
 
-def _int(value: Any, field: str, low: int = 1) -> int:
+def check_int(value: Any, field: str, low: int = 1) -> int:
+    """``value`` if it is an int ``>= low`` (not a bool); else ``ValueError`` naming
+    ``config.<field>``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"config.{field}={value!r} must be an int >= {low}")
     return value
@@ -230,6 +232,32 @@ def schedule_steps(section, total_steps: int) -> tuple[int, int]:
     return begin, end
 
 
+def pruning_schedule(
+    section, total_steps: int, *, steps_per_epoch: int, params: PyTree
+) -> tuple[pruning.Schedule, dict[str, float]]:
+    """The schedule of a (checked) ``pruning`` section and every kernel's final target.
+
+    The schedule rises to the largest target; each kernel follows it in proportion to its
+    own target (``pruning.layers``, else ``pruning.sparsity``).
+
+    Returns:
+      ``(schedule, {kernel path: final sparsity})``.
+    """
+    layers = dict(section.get("layers") or {})
+    targets = {p: float(rule_for(layers, p, section.sparsity)) for p, _ in _kernel_names(params)}
+    final = max(targets.values(), default=section.sparsity)  # = sparsity without layers
+    begin, end = schedule_steps(section, total_steps)
+    if section.schedule == "constant":
+        return pruning.constant(final), targets
+    if section.schedule == "one_shot":
+        return pruning.one_shot(final, begin), targets
+    frequency = section.frequency or max(steps_per_epoch // 10, 1)
+    schedule = pruning.polynomial(
+        final, begin, end, section.initial_sparsity, float(section.power), frequency
+    )
+    return schedule, targets
+
+
 def build_pruning(
     section, total_steps: int, *, steps_per_epoch: int, seed: int, params: PyTree
 ) -> optax.GradientTransformationExtraArgs | None:
@@ -256,9 +284,9 @@ def build_pruning(
     for key, value in layers.items():
         _number(value, f"pruning.layers[{key!r}]", 0, 1, high_open=True)
     check_rules(layers, params, "config.pruning.layers")
-    name = check_one_of("config.pruning.schedule", section.schedule, schema.PRUNING_SCHEDULES)
-    begin, end = schedule_steps(section, total_steps)
-    frequency = _int(section.frequency, "pruning.frequency", 0) or max(steps_per_epoch // 10, 1)
+    check_one_of("config.pruning.schedule", section.schedule, schema.PRUNING_SCHEDULES)
+    schedule_steps(section, total_steps)  # checks begin/end before the other fields
+    check_int(section.frequency, "pruning.frequency", 0)
     initial = _number(section.initial_sparsity, "pruning.initial_sparsity", 0, 1, high_open=True)
     if initial > sparsity:
         raise ValueError(
@@ -268,14 +296,10 @@ def build_pruning(
     power = section.power
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
         raise ValueError(f"config.pruning.power={power!r} must be a number > 0")
-    targets = {p: float(rule_for(layers, p, sparsity)) for p, _ in _kernel_names(params)}
-    final = max(targets.values(), default=sparsity) if layers else sparsity
-    if name == "constant":
-        sched = pruning.constant(final)
-    elif name == "one_shot":
-        sched = pruning.one_shot(final, begin)
-    else:
-        sched = pruning.polynomial(final, begin, end, initial, float(power), frequency)
+    sched, targets = pruning_schedule(
+        section, total_steps, steps_per_epoch=steps_per_epoch, params=params
+    )
+    final = max(targets.values(), default=sparsity)
     scope = check_one_of("config.pruning.scope", section.scope, schema.PRUNING_SCOPES)
     try:
         structure = as_structure(section.structure)
@@ -439,7 +463,7 @@ def build_distill_loss(section):
     except ValueError as e:
         raise ValueError(f"config.distillation: {e}") from None
     _bool(section.precompute_teacher, "distillation.precompute_teacher")
-    _int(section.teacher_batch_size, "distillation.teacher_batch_size")
+    check_int(section.teacher_batch_size, "distillation.teacher_batch_size")
     return loss
 
 
@@ -459,7 +483,7 @@ def check_ptq(section) -> None:
     if "calibration" in section:
         check_one_of("config.ptq.calibration", section.calibration, schema.CALIBRATIONS)
     if "calibration_examples" in section:
-        _int(section.calibration_examples, "ptq.calibration_examples")
+        check_int(section.calibration_examples, "ptq.calibration_examples")
 
 
 def loss_fn_of(config):
@@ -477,11 +501,11 @@ def fit_settings(config, n_steps: int, description: str = "", num_epochs=None) -
         "log_every_epochs",
         "sync_every_steps",
     ):
-        _int(config[key], key)
+        check_int(config[key], key)
     check_one_of("config.parallel", config.parallel, PARALLEL_MODES)
     ck = config.checkpoint
-    _int(ck.every_steps, "checkpoint.every_steps", 0)
-    _int(ck.keep, "checkpoint.keep")
+    check_int(ck.every_steps, "checkpoint.every_steps", 0)
+    check_int(ck.keep, "checkpoint.keep")
     secs = ck.every_seconds
     if isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs < 0:
         raise ValueError(f"config.checkpoint.every_seconds={secs!r} must be a number >= 0")
@@ -508,7 +532,7 @@ def fit_settings(config, n_steps: int, description: str = "", num_epochs=None) -
 
 def num_steps(num_examples: int, batch_size: int) -> int:
     """Optimizer steps per epoch (full batches only); at least one."""
-    _int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     if batch_size > num_examples:
         raise ValueError(
             f"config.batch_size={batch_size} is larger than the {num_examples} training examples"

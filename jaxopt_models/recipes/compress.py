@@ -257,41 +257,31 @@ def prune_stage(ctx: Context, cur) -> StageResult:
     tx = build.with_pruning(make_optimizer(cfg.optimizer, total), prune)
     state, results = _train_stage(ctx, cur, "pruned", cfg.epochs, cfg.optimizer, tx, 1)
     masks = _clean_masks(pruning.find_prune_state(state.opt_state).masks)
-    curve = []
-    for rec in results["history"]:
-        params_at = None  # the masks' sparsity after each epoch is read from the history
-        del params_at
-        curve.append(
-            {
-                "epoch": rec["epoch"],
-                "sparsity": _scheduled_sparsity(section, cur.params, rec["step"], total, n_steps),
-                "accuracy": rec.get("val_accuracy", float("nan")),
-            }
-        )
+    schedule, targets = build.pruning_schedule(
+        section, total, steps_per_epoch=n_steps, params=cur.params
+    )
+    curve = [
+        {
+            "epoch": rec["epoch"],
+            "sparsity": _scheduled_sparsity(schedule, targets, cur.params, rec["step"]),
+            "accuracy": rec.get("val_accuracy", float("nan")),
+        }
+        for rec in results["history"]
+    ]
     new = cur._replace(params=state.params, model_state=state.model_state, masks=masks)
     return StageResult(new, {}, {"gradual_pruning": curve})
 
 
-def _scheduled_sparsity(section, params, step: int, total: int, n_steps: int) -> float:
-    """Kernel sparsity the schedule of ``section`` reaches after ``step`` updates."""
-    begin, end = build.schedule_steps(section, total)
-    kernels = [(p, int(np.prod(np.shape(x)))) for p, x in named_leaves(params) if is_kernel(p, x)]
-    targets = {p: float(rule_for(dict(section.layers), p, section.sparsity)) for p, _ in kernels}
+def _scheduled_sparsity(schedule, targets: dict[str, float], params: PyTree, step: int) -> float:
+    """Kernel sparsity after ``step`` updates: each kernel at ``schedule(step)`` scaled by
+    its own target over the largest one (as ``build.build_pruning`` distributes it)."""
     final = max(targets.values(), default=0.0)
-    if section.schedule == "constant":
-        level = final
-    elif section.schedule == "one_shot":
-        level = final if step >= begin else 0.0
-    else:
-        frequency = section.frequency or max(n_steps // 10, 1)
-        sched = pruning.polynomial(
-            final, begin, end, section.initial_sparsity, float(section.power), frequency
-        )
-        level = float(sched(step))
-    total_size = sum(n for _, n in kernels)
+    sizes = {p: int(np.prod(np.shape(x))) for p, x in named_leaves(params) if p in targets}
+    total_size = sum(sizes.values())
     if final == 0 or not total_size:
         return 0.0
-    return sum(n * level * targets[p] / final for p, n in kernels) / total_size
+    level = float(schedule(step))
+    return sum(n * level * targets[p] / final for p, n in sizes.items()) / total_size
 
 
 def slim_stage(ctx: Context, cur) -> StageResult:
@@ -422,9 +412,7 @@ def _run_stage(name: str, ctx: Context, cur, dense):
 
 # --------------------------------------------------------------------------- checks
 def _epochs(value, field: str, enabled: bool) -> None:
-    low = 1 if enabled else 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"config.{field}={value!r} must be an int >= {low}")
+    build.check_int(value, field, 1 if enabled else 0)
 
 
 def check(config, data: build.Data, model) -> None:
@@ -442,8 +430,7 @@ def check(config, data: build.Data, model) -> None:
     build.fit_settings(config, n_steps)
     build.loss_fn_of(config)
     build.build_augment(config.augment)
-    params_fn = build.qat_params_fn(config.quantization)
-    del params_fn
+    build.qat_params_fn(config.quantization)
     shapes = build.param_shapes(model, data.x_train[:1])
     make_optimizer(config.optimizer, n_steps * config.num_epochs)
     if s.prune.enabled:

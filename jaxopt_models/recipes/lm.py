@@ -127,12 +127,6 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _int(value, field: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"config.{field}={value!r} must be an int >= {low}")
-    return value
-
-
 def model_kwargs(config, vocab_size: int) -> dict[str, Any]:
     """``get_model`` keyword arguments of ``config.model`` (dtype names resolved)."""
     kwargs = {k: v for k, v in config.model.items() if k != "name" and v is not None}
@@ -195,14 +189,14 @@ def check(config) -> None:
         "eval_batch_size",
         "sync_every_steps",
     ):
-        _int(config[key], key)
+        build.check_int(config[key], key)
     if config.num_steps % config.eval_every_steps:
         raise ValueError(
             f"config.eval_every_steps={config.eval_every_steps} must divide "
             f"config.num_steps={config.num_steps}"
         )
     if config.eval_max_batches is not None:
-        _int(config.eval_max_batches, "eval_max_batches")
+        build.check_int(config.eval_max_batches, "eval_max_batches")
     if build.qat_model_kwargs(config.quantization):
         raise ValueError(
             f"config.quantization.act_bits={config.quantization.act_bits!r}: activation "
@@ -211,13 +205,13 @@ def check(config) -> None:
         )
     build.qat_params_fn(config.quantization)
     g = config.generate
-    _int(g.max_new_tokens, "generate.max_new_tokens", 0)
-    _int(g.num_samples, "generate.num_samples", 0)
+    build.check_int(g.max_new_tokens, "generate.max_new_tokens", 0)
+    build.check_int(g.num_samples, "generate.num_samples", 0)
     t = g.temperature
     if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
         raise ValueError(f"config.generate.temperature={t!r} must be a number >= 0")
     if g.top_k is not None:
-        _int(g.top_k, "generate.top_k")
+        build.check_int(g.top_k, "generate.top_k")
     check_one_of("config.parallel", config.parallel, (*PARALLEL_MODES, *SHARDED_MODES))
     sizes = dict(config.mesh)
     for axis, size in sizes.items():

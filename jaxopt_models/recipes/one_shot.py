@@ -39,6 +39,7 @@ from jaxopt_models.models.weight_only import apply_with_qtensors, stored_bytes
 from jaxopt_models.recipes import build
 from jaxopt_models.recipes import config as schema
 from jaxopt_models.recipes.loading import load_trained
+from jaxopt_models.recipes.report import markdown_table
 from jaxopt_models.recipes.train import train
 from jaxopt_models.training import atomic_write_json, count_params, initialize_distributed
 
@@ -451,17 +452,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['seconds']:.1f}",
             ]
         )
-    widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
-
-    def fmt(cells):
-        out = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(out) + " |"
-
-    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-    return "\n".join([fmt(header), sep, *(fmt(row) for row in lines)]) + "\n"
+    return markdown_table(header, lines)
 
 
 def print_table(results: dict[str, Any]) -> None:

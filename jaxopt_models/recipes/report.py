@@ -17,6 +17,25 @@ from jaxopt_models.training.io import atomic_write_bytes
 PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_bits.png", "accuracy_vs_bytes.png")
 
 
+def markdown_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """A markdown table: first column left-aligned, the others right-aligned.
+
+    Example:
+      >>> print(markdown_table(["stage", "bytes"], [["dense", "1,066,567"]]))
+    """
+    widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells):
+        out = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(out) + " |"
+
+    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([fmt(header), sep, *(fmt(row) for row in lines)]) + "\n"
+
+
 def format_stage_table(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of the pipeline's stages.
 
@@ -60,17 +79,7 @@ def format_stage_table(rows: Sequence[dict[str, Any]]) -> str:
                 "-" if lat is None else f"{lat:.3f}",
             ]
         )
-    widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
-
-    def fmt(cells):
-        out = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(out) + " |"
-
-    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-    return "\n".join([fmt(header), sep, *(fmt(row) for row in lines)]) + "\n"
+    return markdown_table(header, lines)
 
 
 def pareto_front(points: Sequence[dict[str, Any]]) -> list[int]:
