@@ -22,6 +22,7 @@ at the cache position with ``lax.dynamic_update_slice`` and advances it, with fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -112,7 +113,8 @@ def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
             scale_init=_ones(("embed",)),
             name=name,
         )
-    return nn.LayerNorm(
+    layer_norm = _CPULayerNorm if _on_cpu() else nn.LayerNorm
+    return layer_norm(
         epsilon=cfg.norm_eps,
         use_bias=cfg.use_bias,
         use_fast_variance=False,
@@ -162,13 +164,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> ja
 # What XLA:CPU does with the plain autodiff of a transformer, and what these replace (see
 # benchmarks/lm_throughput.py):
 # - a weight gradient ``x.T @ dy`` contracts the row dimension of both operands; XLA:CPU
-#   runs it about 25% slower than the same product after an explicit transpose of ``x``,
+#   runs it up to 1.5x slower than the same product after an explicit transpose of ``x``,
 #   and fuses whole backward chains (LayerNorm gradients) into the transposing copies it
 #   inserts instead. ``_rows_matmul`` computes the transpose once, behind an
-#   ``optimization_barrier``.
+#   ``optimization_barrier``; the blocks keep their activations as 2-D (B * T, E) rows,
+#   which XLA:CPU transposes much faster than 3-D ones.
 # - attention by autodiff keeps several (B, H, T, S) temporaries (the softmax Jacobian, a
 #   broadcast of the row sums); ``_softmax_attention`` keeps only the probabilities and uses
 #   ``sum(p * dp) = sum(do * o)``, and its forward (scores, mask, softmax) is one fusion.
+# - the autodiff of LayerNorm recomputes the normalisation in several backward fusions;
+#   ``_layer_norm`` keeps the normalised input and the inverse deviation.
 # Other backends use the plain formulations.
 
 
@@ -227,6 +232,56 @@ def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_
     k = int(np.prod(rhs.shape[:n]))
     y = _rows_matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
     return y.reshape(*lead, *out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, eps):
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis (float32 arrays)."""
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    centered = x - x.mean(-1, keepdims=True)
+    inv = jax.lax.rsqrt((centered * centered).mean(-1, keepdims=True) + eps)
+    normed = centered * inv
+    return normed * scale + bias, (normed, inv, scale)
+
+
+def _layer_norm_bwd(eps, res, dy):
+    normed, inv, scale = res
+    axes = tuple(range(dy.ndim - 1))
+    dn = dy * scale
+    dx = inv * (dn - dn.mean(-1, keepdims=True) - normed * (dn * normed).mean(-1, keepdims=True))
+    return dx, jnp.sum(dy * normed, axis=axes), jnp.sum(dy, axis=axes)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class _CPULayerNorm(nn.Module):
+    """``nn.LayerNorm`` over the last axis (same params: ``scale``, ``bias``) computed by
+    :func:`_layer_norm`; statistics in float32, output in ``dtype``."""
+
+    epsilon: float = 1e-6
+    use_bias: bool = True
+    use_fast_variance: bool = False  # the two-pass variance is the only one computed
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    scale_init: Any = nn.initializers.ones_init()
+    bias_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = jnp.zeros(features, jnp.float32)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        f32 = jnp.float32
+        y = _layer_norm(
+            x.astype(f32), jnp.asarray(scale, f32), jnp.asarray(bias, f32), self.epsilon
+        )
+        return y.astype(self.dtype or x.dtype)
 
 
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # as jax.nn.dot_product_attention
