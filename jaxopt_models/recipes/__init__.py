@@ -22,4 +22,7 @@ from jaxopt_models.recipes.config import pruning_section as pruning_section
 from jaxopt_models.recipes.config import ptq_section as ptq_section
 from jaxopt_models.recipes.config import quantization_section as quantization_section
 from jaxopt_models.recipes.config import sharing_section as sharing_section
+from jaxopt_models.recipes.loading import TrainedLM as TrainedLM
+from jaxopt_models.recipes.loading import is_lm_run as is_lm_run
+from jaxopt_models.recipes.loading import load_lm as load_lm
 from jaxopt_models.recipes.loading import load_trained as load_trained

@@ -142,17 +142,22 @@ def lm_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def make_lm_eval(model, params_fn, batch_size: int, context: int):
+def make_lm_eval(model, params_fn, batch_size: int, context: int, *, apply_fn=None):
     """``evaluate(params, tokens, max_batches=None) -> {"loss", "perplexity", "bits_per_byte"}``.
 
     Scores every target of the stream once (``data.lm_eval_batches``); the bytes the scored
     targets stand for come from the tokenizer, so bits per byte compares across tokenizers.
+    ``apply_fn(params, tokens) -> logits``, when given, replaces ``model.apply`` (e.g. a
+    model run on stored QTensors); ``params`` is then whatever it takes.
     """
 
     @jax.jit
     def batch_nats(params, batch):
-        p = params if params_fn is None else params_fn(params)
-        logits = model.apply({"params": p}, batch["tokens"], train=False)
+        if apply_fn is not None:
+            logits = apply_fn(params, batch["tokens"])
+        else:
+            p = params if params_fn is None else params_fn(params)
+            logits = model.apply({"params": p}, batch["tokens"], train=False)
         nats = lm_loss(logits, batch["targets"])
         return jnp.sum(jnp.where(batch["mask"], nats, 0.0))
 

@@ -23,7 +23,8 @@ Writes ``one_shot.json`` (the rows, per-layer reports and the config) and ``tabl
 import json
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +34,14 @@ from ml_collections import config_dict
 
 from jaxopt_models import quantization as qz
 from jaxopt_models.checks import check_one_of
+from jaxopt_models.data import lm_eval_batches, lm_train_batch
 from jaxopt_models.metrics import classification_report
 from jaxopt_models.models import calibration as cal
 from jaxopt_models.models.weight_only import apply_with_qtensors, stored_bytes
 from jaxopt_models.recipes import build
 from jaxopt_models.recipes import config as schema
-from jaxopt_models.recipes.loading import load_trained
+from jaxopt_models.recipes.lm import make_lm_eval
+from jaxopt_models.recipes.loading import is_lm_run, load_lm, load_trained
 from jaxopt_models.recipes.report import markdown_table
 from jaxopt_models.recipes.train import train
 from jaxopt_models.training import atomic_write_json, count_params, initialize_distributed
@@ -245,9 +248,7 @@ def _metrics(fn, variables, data: build.Data, batch_size: int, dense_logits=None
     logits = out.pop("logits", None)
     if dense_logits is None:
         return out, logits
-    ref = np.asarray(dense_logits, np.float64)
-    diff = np.asarray(logits, np.float64) - ref
-    out["test_output_error"] = float(np.sum(diff**2) / max(np.sum(ref**2), 1e-30))
+    out["test_output_error"] = _relative_distance(logits, dense_logits)
     return out, logits
 
 
@@ -256,40 +257,152 @@ def _nonzeros(params) -> int:
 
 
 # ----------------------------------------------------------------------------- the recipe
-def _load_source(config, data: build.Data):
+class _Task(NamedTuple):
+    """What the recipe compresses and how it scores a result."""
+
+    model: Any
+    variables: Any  # None until the dense model is trained
+    calibration: list[Any]  # calibration batches (model inputs)
+    sample: Any  # one input batch
+    evaluate: Callable[..., tuple[dict[str, Any], Any]]  # (fn, variables, dense) -> metrics
+    dataset: str
+    model_name: str
+    kind: str  # "classifier" or "lm"
+
+
+def _read_source(config) -> dict[str, Any] | None:
     source = config.source_dir
+    if source is None:
+        return None
     if not isinstance(source, str) or not os.path.isdir(source):
         raise FileNotFoundError(f"config.source_dir={source!r} is not a directory")
-    with open(os.path.join(source, "results.json")) as f:
-        trained = json.load(f)
-    name = trained.get("config", {}).get("dataset", {}).get("name")
-    if name is not None and name != config.dataset.name:
-        raise ValueError(
-            f"config.source_dir={source!r} was trained on dataset {name!r} but "
-            f"config.dataset.name={config.dataset.name!r}; set the same dataset"
+    path = os.path.join(source, "results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"config.source_dir={source!r} holds no results.json: not a finished run"
         )
-    model, variables = load_trained(source, sample_input=data.x_train[:1])
-    return model, jax.device_get(variables), trained
+    with open(path) as f:
+        return json.load(f)
+
+
+def _classifier_task(config, section, dataset, trained: dict[str, Any] | None) -> _Task:
+    data = build.load_data(config, dataset)
+    n_calib = section.calibration_examples
+    if n_calib > len(data.x_train):
+        raise ValueError(
+            f"{SECTION}.calibration_examples={n_calib} is more than the "
+            f"{len(data.x_train)} training examples"
+        )
+    if trained is not None:
+        name = trained.get("config", {}).get("dataset", {}).get("name")
+        if name is not None and name != config.dataset.name:
+            raise ValueError(
+                f"config.source_dir={config.source_dir!r} was trained on dataset {name!r} "
+                f"but config.dataset.name={config.dataset.name!r}; set the same dataset"
+            )
+        model, variables = load_trained(config.source_dir, sample_input=data.x_train[:1])
+        variables = jax.device_get(variables)
+        model_name = trained["config"]["model"]["name"]
+    else:
+        model = build.build_model(config.model, data.num_classes)
+        build.fit_settings(config, build.num_steps(len(data.x_train), config.batch_size))
+        variables, model_name = None, config.model.name
+    calib = data.x_train[:n_calib]
+    cb = section.calibration_batch_size
+    bs = config.eval_batch_size
+
+    def evaluate(fn, variables, dense_logits=None):
+        return _metrics(fn, variables, data, bs, dense_logits)
+
+    task = _Task(
+        model,
+        variables,
+        [calib[i : i + cb] for i in range(0, len(calib), cb)],
+        data.x_train[:1],
+        evaluate,
+        data.name,
+        model_name,
+        "classifier",
+    )
+    return task, data
+
+
+def _lm_task(config, section) -> _Task:
+    """A finished ``recipes.lm`` run: calibration on ``calibration_examples`` random
+    training windows of the run's context; scores are the whole validation and test streams
+    (loss, perplexity, bits per byte) and the output error of the first test batch."""
+    trained = load_lm(config.source_dir)
+    ds, context = trained.dataset, trained.config.context
+    if ds.name != config.dataset.name:
+        raise ValueError(
+            f"config.source_dir={config.source_dir!r} is a language model of corpus "
+            f"{ds.name!r} but config.dataset.name={config.dataset.name!r}; set the same corpus"
+        )
+    n, cb = section.calibration_examples, section.calibration_batch_size
+    windows = lm_train_batch(ds.train, n, context, seed=config.seed, step=0)["tokens"]
+    calibration = [windows[i : i + cb] for i in range(0, n, cb)]
+    bs = config.eval_batch_size
+    scorers = {}  # one compiled scorer per forward function
+    first = next(lm_eval_batches(ds.test, bs, context))["tokens"]
+
+    def evaluate(fn, variables, dense_logits=None):
+        if fn not in scorers:
+            scorers[fn] = make_lm_eval(None, None, bs, context, apply_fn=fn)
+        out = {}
+        for split in ("val", "test"):
+            r = scorers[fn](variables, getattr(ds, split), ds.tokenizer)
+            out.update({f"{split}_{k}": v for k, v in r.items() if k != "tokens"})
+        logits = np.asarray(fn(variables, first))
+        if dense_logits is not None:
+            out["test_output_error"] = _relative_distance(logits, dense_logits)
+        return out, logits
+
+    task = _Task(
+        trained.model,
+        jax.device_get(trained.variables),
+        calibration,
+        windows[:1],
+        evaluate,
+        ds.name,
+        trained.config.model.name,
+        "lm",
+    )
+    return task, ds
+
+
+def _relative_distance(x, ref) -> float:
+    ref = np.asarray(ref, np.float64)
+    diff = np.asarray(x, np.float64) - ref
+    return float(np.sum(diff**2) / max(np.sum(ref**2), 1e-30))
 
 
 def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -> dict[str, Any]:
     """Gets the dense model, compresses it with every method, writes and returns the rows.
+
+    ``config.source_dir`` may be a finished train run (a classifier) or a finished
+    ``recipes.lm`` run: a language model is calibrated on ``calibration_examples`` random
+    windows of its training stream (its context length each, drawn with ``config.seed``)
+    and scored on the whole validation and test streams (perplexity and bits per byte);
+    its corpus split and tokenizer are the run's (``config.dataset.name`` must name its
+    corpus; the other dataset and training fields are not read).
 
     Args:
       config: ``default_config()`` with overrides; every field is checked before anything
         trains or calibrates (``config.one_shot.<field>`` in the messages).
       workdir: output directory (``None``: nothing written; the dense model is then not
         saved either).
-      dataset: a ``data.Dataset`` to use instead of ``config.dataset``'s.
+      dataset: a ``data.Dataset`` to use instead of ``config.dataset``'s (classifiers).
       overwrite: replace a finished run in ``workdir``.
 
     Returns:
-      ``{"dataset", "model", "rows", "table", "layer_tables", "dense_dir", ...}``; each row
-      has ``method``, ``val_accuracy``, ``test_accuracy``, ``test_macro_f1``, ``nonzeros``,
+      ``{"dataset", "model", "kind", "rows", "table", "layer_tables", "dense_dir", ...}``;
+      each row has ``method``, the scores (classifiers: ``val_accuracy``,
+      ``test_accuracy``, ``test_macro_f1``; language models: ``val_loss``,
+      ``val_perplexity``, ``val_bits_per_byte`` and the same for ``test``), ``nonzeros``,
       ``params``, ``kernel_sparsity``, ``bytes``, ``mean_rel_error`` (of the compressed
-      layers, on their calibration inputs), ``test_output_error`` (``||f(x) - f_dense(x)||^2
-      / ||f_dense(x)||^2`` of the test logits), ``seconds``, ``calibration_seconds`` and the
-      per-layer reports.
+      layers, on their calibration inputs), ``test_output_error`` (``||f(x) -
+      f_dense(x)||^2 / ||f_dense(x)||^2`` of the test logits; a language model's first test
+      batch), ``seconds``, ``calibration_seconds`` and the per-layer reports.
 
     Example:
       >>> results = run(config, "runs/one_shot")
@@ -303,43 +416,36 @@ def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -
             workdir, overwrite=overwrite, resume=config.resume, marker=RESULTS_FILE
         )
         initialize_distributed(config)
-        data = build.load_data(config, dataset)
-        n_calib = section.calibration_examples
-        if n_calib > len(data.x_train):
-            raise ValueError(
-                f"{SECTION}.calibration_examples={n_calib} is more than the "
-                f"{len(data.x_train)} training examples"
-            )
-        source = None
-        if config.source_dir is not None:
-            model, variables, source = _load_source(config, data)
-            shapes = variables
+        trained = _read_source(config)
+        if trained is not None and is_lm_run(trained):
+            task, data = _lm_task(config, section)
         else:
-            model = build.build_model(config.model, data.num_classes)
-            build.fit_settings(config, build.num_steps(len(data.x_train), config.batch_size))
+            task, data = _classifier_task(config, section, dataset, trained)
+        shapes = task.variables
+        if shapes is None:
             shapes = jax.eval_shape(
-                lambda x: model.init(jax.random.key(0), x, train=False), data.x_train[:1]
+                lambda x: task.model.init(jax.random.key(0), x, train=False), task.sample
             )
         for _, name, settings in methods:
             cal.plan_compression(
-                model,
+                task.model,
                 shapes,
-                data.x_train[:1],
+                task.sample,
                 method=name,
                 settings=settings,
                 layers=_method_rules(rules, name),
                 field=SECTION,
                 layers_field=f"{SECTION}.layers",
             )
+    model, variables = task.model, task.variables
     dense_dir = config.source_dir
-    if source is None:
+    if variables is None:
         dense_dir = None if workdir is None else os.path.join(workdir, "dense")
         state, _ = train(config, data, dense_dir)
         variables = jax.device_get(state.variables)
     fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
     qfwd = jax.jit(lambda v, x: apply_with_qtensors(model, v, x, train=False))
-    bs = config.eval_batch_size
-    dense_metrics, dense_logits = _metrics(fwd, variables, data, bs)
+    dense_metrics, dense_logits = task.evaluate(fwd, variables)
     rows = [
         {
             "method": "dense",
@@ -354,16 +460,13 @@ def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -
             "calibration_seconds": 0.0,
         }
     ]
-    calib = data.x_train[:n_calib]
-    cb = section.calibration_batch_size
-    batches = [calib[i : i + cb] for i in range(0, len(calib), cb)]
     layer_tables = []
     for entry, name, settings in methods:
         t0 = time.perf_counter()
         new_variables, report = cal.compress_model(
             model,
             variables,
-            batches,
+            task.calibration,
             method=name,
             settings=settings,
             sequential=section.sequential,
@@ -375,10 +478,10 @@ def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -
         seconds = time.perf_counter() - t0
         if report.qparams is not None:
             stored = {**variables, "params": report.qparams}
-            metrics, _ = _metrics(qfwd, stored, data, bs, dense_logits)
+            metrics, _ = task.evaluate(qfwd, stored, dense_logits)
             size = stored_bytes(report.qparams)
         else:
-            metrics, _ = _metrics(fwd, new_variables, data, bs, dense_logits)
+            metrics, _ = task.evaluate(fwd, new_variables, dense_logits)
             size = qz.size_bytes(new_variables["params"])
         compressed = [r for r in report.layers if r.settings is not None]
         zeros = sum(r.size - r.nonzeros for r in report.layers)
@@ -400,10 +503,11 @@ def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -
         )
         layer_tables.append(f"### {entry}\n\n" + cal.format_layer_table(report))
     results = {
-        "dataset": data.name,
-        "model": config.model.name if source is None else source["config"]["model"]["name"],
+        "dataset": task.dataset,
+        "model": task.model_name,
+        "kind": task.kind,
         "dense_dir": dense_dir,
-        "calibration_examples": n_calib,
+        "calibration_examples": section.calibration_examples,
         "sequential": section.sequential,
         "rows": rows,
         "table": format_table(rows),
@@ -424,11 +528,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     Example:
       >>> print(format_table(results["rows"]))
     """
+    lm = bool(rows) and "val_bits_per_byte" in rows[0]
+    scores = (
+        ["val perplexity", "val bits/byte", "test bits/byte"]
+        if lm
+        else ["val acc %", "test acc %", "test F1"]
+    )
     header = [
         "method",
-        "val acc %",
-        "test acc %",
-        "test F1",
+        *scores,
         "kernel sparsity",
         "nonzeros",
         "bytes",
@@ -438,12 +546,22 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     ]
     lines = []
     for r in rows:
-        lines.append(
-            [
-                r["method"],
+        if lm:
+            cells = [
+                f"{r['val_perplexity']:.4f}",
+                f"{r['val_bits_per_byte']:.4f}",
+                f"{r['test_bits_per_byte']:.4f}",
+            ]
+        else:
+            cells = [
                 "-" if "val_accuracy" not in r else f"{100 * r['val_accuracy']:.2f}",
                 f"{100 * r['test_accuracy']:.2f}",
                 f"{r['test_macro_f1']:.4f}",
+            ]
+        lines.append(
+            [
+                r["method"],
+                *cells,
                 f"{100 * r['kernel_sparsity']:.1f}%",
                 f"{r['nonzeros']:,}",
                 f"{r['bytes']:,}",
