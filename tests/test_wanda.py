@@ -1,12 +1,20 @@
 """wanda against a float64 NumPy implementation of the paper: masks, counts, bad inputs."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from _one_shot import make_layer, output_error
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from jaxopt_models.pruning import wanda
+
+wanda_module = importlib.import_module("jaxopt_models.pruning.wanda")
+TINY = np.finfo(np.float32).tiny
 
 
 def np_wanda(w, h, sparsity=None, n_m=None):
@@ -59,6 +67,51 @@ def test_matches_reference_and_counts(layer, target, diagonal_only):
         n, m = target["n_m"]
         nonzeros = (out != 0).reshape(w.shape[0] // m, m, w.shape[1]).sum(axis=1)
         assert np.all(nonzeros == n)
+
+
+def np_keep_top_per_column(score, num_pruned):
+    """float64 reference of the per-column selection: the ``num_pruned`` lowest scores of each
+    column are dropped, ties by lowest index first (NaN lowest, subnormals count as 0)."""
+    s = np.asarray(score, np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    s = np.where(np.abs(s) < TINY, 0.0, s)
+    keep = np.ones(s.shape, bool)
+    for j in range(s.shape[1]):
+        order = np.lexsort((np.arange(len(s)), s[:, j]))
+        keep[order[:num_pruned], j] = False
+    return keep
+
+
+values = st.one_of(
+    st.sampled_from([0.0, -0.0, 1.0, 2.0, -1.0]),
+    st.floats(width=32),  # nan, +-inf, subnormals
+    st.floats(0, 10, width=32),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(score=hnp.arrays(np.float32, (37, 5), elements=values), frac=st.floats(0, 1))
+def test_selection_matches_sorting(score, frac):
+    num_pruned = round(frac * 37)
+    keep = np.asarray(wanda_module.keep_top_per_column(jnp.asarray(score), num_pruned))
+    np.testing.assert_array_equal(keep, np_keep_top_per_column(score, num_pruned))
+    assert np.all((~keep).sum(axis=0) == num_pruned)
+
+
+def test_selection_heavy_tails_atoms_and_wide_columns():
+    """Columns of very different scales, a zero atom straddling the threshold, integer ties."""
+    rng = np.random.default_rng(3)
+    heavy = rng.lognormal(0, 4, (1024, 6)) * np.exp(8 * rng.standard_normal(6))
+    atom = np.where(rng.random((1024, 6)) < 0.5, 0.0, rng.standard_normal((1024, 6)) ** 2)
+    ints = rng.integers(0, 4, (1024, 6)).astype(np.float64)
+    select = jax.jit(wanda_module.keep_top_per_column, static_argnums=1)
+    for score in (heavy, atom, ints):
+        score = score.astype(np.float32)
+        for num_pruned in (1, 300, 512, 600, 1023, 1024):
+            np.testing.assert_array_equal(
+                np.asarray(select(jnp.asarray(score), num_pruned)),
+                np_keep_top_per_column(score, num_pruned),
+            )
 
 
 def test_activations_matter(layer):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_models.pruning.distributions import check_sparsity
@@ -61,28 +60,3 @@ def check_target(
         )
     return None, (n, m)
 
-
-def keep_top_per_column(score: jax.Array, num_pruned: int) -> jax.Array:
-    """Keep-mask dropping exactly ``num_pruned`` lowest scores of every column (axis 0).
-
-    Ties are broken by index: the lowest input index is dropped first.
-
-    Args:
-      score: ``(in, out)`` float scores (NaN counts as the lowest).
-      num_pruned: static number of entries to drop per column, in [0, in].
-
-    Returns:
-      ``(in, out)`` bool mask, True = kept.
-
-    Example:
-      >>> keep_top_per_column(jnp.array([[1.0, 3.0], [2.0, 0.0]]), 1).tolist()
-      [[False, True], [True, False]]
-    """
-    n_in, n_out = score.shape
-    if num_pruned == 0:
-        return jnp.ones(score.shape, bool)
-    score = jnp.where(jnp.isnan(score), -jnp.inf, score)
-    # top_k of the negated scores: the lowest scores, lower indices first among ties.
-    _, idx = jax.lax.top_k(-score.T, num_pruned)
-    keep = jnp.ones((n_out, n_in), bool).at[jnp.arange(n_out)[:, None], idx].set(False)
-    return keep.T

@@ -4,6 +4,15 @@ Sun et al. 2024, "A Simple and Effective Pruning Approach for Large Language Mod
 of weight ``w[i, j]`` of a ``(in, out)`` kernel is ``|w[i, j]| * ||X[:, i]||_2``, and
 ``||X[:, i]||_2^2`` is the diagonal of the Hessian ``X^T X``. Scores are compared within each
 output column (every output keeps the same number of inputs); the kept weights are unchanged.
+
+The per-column selection uses counting passes, not a sort: XLA's CPU sort and ``lax.top_k``
+take 0.1-0.2 s to drop half of each column of a 1024 x 1024 kernel, while one fused
+compare-and-count pass over it takes well under a millisecond. Each column's threshold is
+bracketed in an order-preserving integer view of the floats and narrowed by Illinois
+(regula falsi) steps on ``count(score < c)``, all columns at once, until every column has
+an end whose count is ``k - 1`` or ``k`` (11-17 passes on 1024-input transformer-like
+layers; plain bisection after 12 passes bounds the worst case); one masked min/max pass then
+gives the ``k``-th smallest score of each column exactly.
 """
 
 from __future__ import annotations
@@ -12,11 +21,123 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxopt_models import hessian as hs
-from jaxopt_models.pruning._one_shot import check_target, keep_top_per_column
+from jaxopt_models.pruning import _select
+from jaxopt_models.pruning._one_shot import check_target
 from jaxopt_models.pruning.masks import _n_by_m_mask
 from jaxopt_models.pruning.structures import NByM
+
+# Illinois passes before the search falls back to bisection of the key range.
+_INTERPOLATION_PASSES = 12
+# Largest floats below 2**32 and 2**64 (they convert to uint32 / uint64 without overflow).
+_MAX_STEP = {32: 4294967040.0, 64: 18446744073709549568.0}
+
+
+def _count_per_column(hit: jax.Array) -> jax.Array:
+    """int32 ``(out,)`` numbers of True entries per column of ``hit`` (``(in, out)``), summed
+    as float32 while exact (XLA's CPU backend vectorises float sums better)."""
+    dtype = jnp.float32 if hit.shape[0] < _select._FLOAT_COUNT_LIMIT else jnp.int32
+    return jnp.sum(hit.astype(dtype), axis=0).astype(jnp.int32)
+
+
+def _kth_smallest_per_column(score: jax.Array, k: int) -> jax.Array:
+    """The ``k``-th smallest value (1-based, ``1 <= k <= in``) of each column of canonical
+    scores ``(in, out)`` (see :func:`_select.canonical`), found with counting passes."""
+    n_in = score.shape[0]
+    fdtype = score.dtype
+    kdtype = _select._key_dtype(fdtype)
+    max_step = _MAX_STEP[jnp.iinfo(kdtype).bits]
+
+    lo_f, hi_f = jnp.min(score, axis=0), jnp.max(score, axis=0)
+    lo = _select.to_key(lo_f)  # count(score < lo) = 0 <= k - 1
+    hi = _select.to_key(hi_f) + 1  # count(score < hi) = in >= k
+    clo = jnp.zeros(lo.shape, jnp.int32)
+    chi = jnp.full(lo.shape, n_in, jnp.int32)
+    target = jnp.float32(k - 0.5)
+
+    def settled(lo, hi, clo, chi):
+        return (clo == k - 1) | (chi == k) | (hi - lo <= 1)
+
+    def cond(carry):
+        lo, hi, clo, chi, *_ = carry
+        return ~jnp.all(settled(lo, hi, clo, chi))
+
+    def body(carry):
+        lo, hi, clo, chi, wl, wh, side, it = carry
+        active = ~settled(lo, hi, clo, chi)
+        width = hi - lo
+        fl = (clo.astype(jnp.float32) - target) * wl
+        fh = (chi.astype(jnp.float32) - target) * wh
+        frac = jnp.where(it < _INTERPOLATION_PASSES, -fl / (fh - fl), 0.5)
+        step = jnp.clip(jnp.round(frac.astype(fdtype) * width.astype(fdtype)), 1.0, max_step)
+        step = jnp.clip(step.astype(kdtype), 1, jnp.maximum(width, 2) - 1)
+        cand = lo + step
+        counts = _count_per_column(score < _select.bound_up(cand, fdtype)[None, :])
+        up = counts <= k - 1  # the k-th smallest is >= cand: cand becomes the lower end
+        new_side = jnp.where(up, 1, -1)
+        again = new_side == side  # Illinois: halve the weight of the end that stays
+        wl = jnp.where(active & again & ~up, 0.5 * wl, jnp.where(active & ~again, 1.0, wl))
+        wh = jnp.where(active & again & up, 0.5 * wh, jnp.where(active & ~again, 1.0, wh))
+        lo = jnp.where(active & up, cand, lo)
+        clo = jnp.where(active & up, counts, clo)
+        hi = jnp.where(active & ~up, cand, hi)
+        chi = jnp.where(active & ~up, counts, chi)
+        side = jnp.where(active, new_side, side)
+        return lo, hi, clo, chi, wl, wh, side, it + 1
+
+    ones = jnp.ones(lo.shape, jnp.float32)
+    init = (lo, hi, clo, chi, ones, ones, jnp.zeros(lo.shape, jnp.int32), jnp.int32(0))
+    lo, hi, clo, chi, *_ = lax.while_loop(cond, body, init)
+    # count(score < hi) == k: the k-th smallest is the largest score below hi; otherwise it is
+    # the smallest score >= lo (count(score < lo) == k - 1, or hi == lo + 1).
+    from_hi = chi == k
+    below_hi = _select.bound_down(hi - 1, fdtype)
+    at_lo = _select.bound_up(lo, fdtype)
+    inf = jnp.array(jnp.inf, fdtype)
+    largest_below = jnp.max(jnp.where(score <= below_hi[None, :], score, -inf), axis=0)
+    smallest_above = jnp.min(jnp.where(score >= at_lo[None, :], score, inf), axis=0)
+    return jnp.where(from_hi, largest_below, smallest_above)
+
+
+def keep_top_per_column(score: jax.Array, num_pruned: int) -> jax.Array:
+    """Keep-mask dropping exactly ``num_pruned`` lowest scores of every column (axis 0).
+
+    Ties are broken by index: the lowest input index is dropped first; NaN counts as the
+    lowest score and subnormal scores as 0 (see :func:`_select.canonical`).
+
+    Args:
+      score: ``(in, out)`` float scores.
+      num_pruned: static number of entries to drop per column, in [0, in].
+
+    Returns:
+      ``(in, out)`` bool mask, True = kept.
+
+    Example:
+      >>> keep_top_per_column(jnp.array([[1.0, 3.0], [2.0, 0.0], [2.0, 5.0]]), 2).tolist()
+      [[False, False], [False, False], [True, True]]
+    """
+    n_in = score.shape[0]
+    if num_pruned == 0:
+        return jnp.ones(score.shape, bool)
+    if num_pruned >= n_in:
+        return jnp.zeros(score.shape, bool)
+    score = _select.canonical(score)
+    t = _kth_smallest_per_column(score, num_pruned)[None, :]
+    below = _count_per_column(score < t)
+    at_most = _count_per_column(score <= t)
+    need = num_pruned - below  # entries equal to t to drop (>= 1)
+
+    def drop_all_ties(_):
+        return score > t
+
+    def drop_first_ties(_):
+        tie = score == t
+        rank = jnp.cumsum(tie.astype(jnp.int32), axis=0)  # 1-based rank of each tie by index
+        return (score > t) | (tie & (rank > need[None, :]))
+
+    return lax.cond(jnp.all(at_most - below == need), drop_all_ties, drop_first_ties, None)
 
 
 @functools.partial(jax.jit, static_argnames=("num_pruned", "n_m"))
