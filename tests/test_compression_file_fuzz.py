@@ -104,9 +104,17 @@ def _samples() -> list[bytes]:
     zp = np.full((1, 1), 2, np.int64)
     q_vals = np.where(rng.random((20, 6)) < 0.2, rng.integers(-8, 8, (20, 6)), 2)
     q_sparse = ff._Quant(q_vals, np.full((20, 1), 0.5, np.float32), zp)
+    # group-wise values (2 groups of 4 inputs, 6 outputs) with a per-input multiplier (AWQ)
+    q_mult = ff._Quant(
+        values.reshape(2, 4, 6),
+        np.full((2, 1, 6), 0.25, np.float32),
+        np.full((2, 1, 6), -1, np.int64),
+        np.linspace(0.5, 2.0, 8, dtype=np.float32).reshape(2, 4, 1),
+    )
     quant = _body(
         [
             (_d("qd"), ff._quantized_record(q_dense, (8, 6), huffman=False, sparse=False)),
+            (_d("qm"), ff._quantized_record(q_mult, (8, 2, 3), huffman=True)),
             (_d("qs"), ff._quantized_record(q_sparse, (120,), huffman=True, sparse=True)),
         ]
     )
@@ -228,6 +236,8 @@ class _Parser:
         else:
             self.shape("vshape")
             self.raw("scale", 4 * math.prod(self.shape("sshape")))
+            if kind & ff._MULTIPLIER:
+                self.raw("multiplier", 4 * math.prod(self.shape("mshape")))
             for _ in range(math.prod(self.shape("zshape"))):
                 self.varint("zp", "zigzag")
             self.varint("qmin", "zigzag")
@@ -284,6 +294,7 @@ def test_parser_round_trips_and_samples_cover_every_layout():
     for rtype in (ff.FLOAT, ff.SHARED, ff.QUANTIZED):
         assert {rtype, rtype | ff._SPARSE} <= {k & ~ff._ORDER_F for k in kinds}
     assert any(k & ff._ORDER_F for k in kinds)
+    assert any(k & ff._MULTIPLIER and k & 3 == ff.QUANTIZED for k in kinds)
     assert {0, 128} <= modes and any(0 < m <= 32 for m in modes)
 
 
@@ -659,6 +670,12 @@ IMPOSSIBLE = [
         _one_record(_quant_head(4, -5, sparse=True) + b"\1\0" + _packed([1], 1)),
         "stored minimum -5 is not the smallest value -4",
     ),
+    ("multiplier shape", _with(QUANT, "mshape.dim", 3, nth=1), "multiplier shape .* broadcast"),
+    ("multiplier on shared", _with(SHARED, "kind", ff.SHARED | ff._MULTIPLIER), "unknown record"),
+    *[
+        (f"multiplier {v}", _with(QUANT, "multiplier", np.full(8, v, "<f4").tobytes()), "finite")
+        for v in (np.nan, -np.inf, 0.0, -2.0)
+    ],
     ("zp 2**63", _with(QUANT, "zp", 1 << 63), "not below 2\\*\\*64"),
     (
         "minimum + value past int64",
@@ -809,6 +826,17 @@ def test_writer_refuses_scales_the_reader_refuses():
     bad = Q(q.values, np.ones((2, 1, 3), np.float32), None)
     with pytest.raises(ValueError, match="does not broadcast"):
         ff.encode_compressed(params, quantized={"w": bad}, check=False)
+
+    class Kernel(NamedTuple):  # a quantized matrix with a per-input multiplier
+        qweight: Any
+        input_scale: Any
+
+    good = Q(q.values, np.ones((1, 3), np.float32), None)
+    for scale, match in (([1.0, 0.0], "input_scale for 'w' must be finite and > 0"),
+                         ([1.0, 1.0, 1.0], "input_scale for 'w' has 3 entries")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            kernel = Kernel(good, np.array(scale, np.float32))
+            ff.encode_compressed(params, quantized={"w": kernel}, check=False)
     with pytest.raises(ValueError, match="nested deeper than MAX_DEPTH"):
         deep: Any = np.zeros(1, np.float32)
         for _ in range(ff.MAX_DEPTH + 1):

@@ -1,4 +1,5 @@
-"""Tests for jaxopt_models.models.generate: KV-cache decoding, greedy and top-k sampling."""
+"""Tests for jaxopt_models.models.generate: KV-cache decoding, greedy and top-k sampling,
+weight-only int8 / packed int4 kernels dequantized inside the decode step."""
 
 import functools
 
@@ -7,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxopt_models.models.generate import generate, init_cache, sample_logits
+from jaxopt_models import quantization as qz
+from jaxopt_models.models import compress_model, dequantize_tree, is_quantized
+from jaxopt_models.models.generate import _generate, generate, init_cache, sample_logits
 from jaxopt_models.models.transformer import CausalLM, EncoderClassifier
 
 V = 61
@@ -195,3 +198,53 @@ def test_bad_model_and_prompt_raise():
         generate(model, {}, jnp.zeros((2, 0), jnp.int32), max_new_tokens=2)
     with pytest.raises(ValueError, match="cache_len=30 is more than max_len=24"):
         init_cache(model, 1, 30)
+
+
+# ----------------------------------------------------------------------- quantized kernels
+
+
+@pytest.fixture(scope="module")
+def quantized_gpt():
+    """The GPT test model, its params and weight-only int8 (per column) / int4 (groups of 16,
+    bit-packed two per byte) kernels from ``compress_model``'s round to nearest."""
+    model = CausalLM(**GPT)
+    params = numpy_params(model)
+    tokens = prompt_of(seed=1, shape=(4, 16))
+    out = {}
+    for name, settings in (
+        ("int8", {"bits": 8, "symmetric": True}),
+        ("int4", {"bits": 4, "group_size": 16}),
+    ):
+        _, report = compress_model(
+            model, {"params": params}, [tokens], method="rtn", settings=settings, sequential=False
+        )
+        out[name] = qz.pack_params(report.qparams) if name == "int4" else report.qparams
+    return model, out
+
+
+@pytest.mark.parametrize("bits", ["int8", "int4"])
+def test_quantized_kernels_generate_the_tokens_of_the_dequantized_float_model(quantized_gpt, bits):
+    model, qparams = quantized_gpt
+    q = qparams[bits]
+    kinds = {type(x).__name__ for x in jax.tree.leaves(q, is_leaf=is_quantized) if is_quantized(x)}
+    stored = "QTensor" if bits == "int8" else "PackedQTensor"
+    assert kinds == {stored, "QuantizedKernel"}  # MLP kernels, head projections
+    prompt = prompt_of()
+    out = generate(model, q, prompt, max_new_tokens=NEW)
+    ref = generate(model, dequantize_tree(q), prompt, max_new_tokens=NEW)
+    np.testing.assert_array_equal(out, ref)
+    assert len(np.unique(np.asarray(out)[:, P:])) > 1  # not one repeated token
+
+
+def test_quantized_decode_loop_holds_the_integer_kernels_not_float_copies(quantized_gpt):
+    """The decode loop's state (the ``while`` carry of the compiled program) holds the packed
+    int4 bytes; no dequantized kernel is hoisted out of the loop."""
+    model, qparams = quantized_gpt
+    args = (model, qparams["int4"], prompt_of(), jnp.float32(1.0), jax.random.key(0))
+    text = _generate.lower(*args, max_new_tokens=NEW, top_k=None, greedy=True).compile().as_text()
+    carries = [line.split(" while(")[0] for line in text.splitlines() if " while(" in line]
+    assert len(carries) == 1
+    e, mlp = GPT["embed_dim"], 4 * GPT["embed_dim"]
+    assert "u8[" in carries[0]
+    for shape in (f"f32[{e},{e}]", f"f32[{e},{mlp}]", f"f32[{mlp},{e}]", f"f32[{e},{mlp // 2}]"):
+        assert shape not in carries[0]

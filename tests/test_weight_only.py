@@ -44,6 +44,8 @@ def np_dense(x, kernel, bias=None):
         (3, 32, True, False),
         (4, None, False, False),  # one grid per output column
         (8, None, True, True),
+        (2, 16, True, True),  # four 2-bit planes per byte
+        (4, None, True, True),
     ],
 )
 def test_on_the_fly_equals_dequantize_then_matmul(bits, group_size, symmetric, packed):
@@ -54,6 +56,25 @@ def test_on_the_fly_equals_dequantize_then_matmul(bits, group_size, symmetric, p
     assert y.shape == (2, 3, 24) and y.dtype == jnp.float32
     np.testing.assert_allclose(y, np_dense(X, q, B), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(weight_only_dense(X[0, 0], kernel), np_dense(X[0, 0], q), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, cols",
+    [
+        (dict(axis=None), 24),  # one scale per tensor
+        (dict(axis=0), 24),  # one per input row
+        (dict(axis=None, group_size=8, group_axis=0), 24),  # groups only
+        (dict(axis=0, group_size=4, group_axis=1), 24),  # groups along the outputs: unpacked
+        (dict(axis=-1, group_size=16, group_axis=0), 23),  # odd columns: unpacked
+    ],
+)
+def test_packed_int4_layouts_read_by_planes_or_unpacked(kwargs, cols):
+    q = qz.quantize(jnp.asarray(W[:, :cols]), 4, symmetric=False, **kwargs)
+    dense = jax.jit(weight_only_dense)
+    y = dense(X, qz.pack(q), B[:cols])
+    np.testing.assert_allclose(y, np_dense(X, q, B[:cols]), rtol=1e-5, atol=1e-4)
+    # the kernel the product reads is exactly the dequantized one
+    np.testing.assert_array_equal(dense(jnp.eye(64), qz.pack(q)), qz.dequantize(q))
 
 
 def test_packed_int4_int3_store_their_bits():

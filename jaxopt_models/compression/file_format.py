@@ -10,17 +10,26 @@ Layout (all integers are unsigned LEB128 varints unless noted)::
     shape   = ndim | dim*
 
 ``kind`` bits 0-1 select the record type, bit 2 the sparse layout, bit 3 Fortran
-(column-major) element order for the sparse layout. Records:
+(column-major) element order for the sparse layout, bit 4 (quantized records only) a
+per-row multiplier. Records:
 
 - float (type 0), dense: ``numel`` float32 (little-endian).
   Sparse: entry count | gap stream | entry count float32 values.
 - weight-shared (type 1): code count | codebook float32 (only the codes in use). Dense:
   code stream of all weights. Sparse: default code | entry count | gap stream | code
   stream of the entries.
-- quantized (type 2): values shape | scale (shape, float32) | zero point (shape,
-  zigzag varints) | minimum value (zigzag) | dense: stream of ``values - min``; sparse:
-  entry count | gap stream | stream of the entries' ``values - min``; elsewhere the
-  value is the zero point. The weight is ``(values - zero_point) * scale`` (float32).
+- quantized (type 2): values shape | scale (shape, float32) | with bit 4: multiplier
+  (shape, float32) | zero point (shape, zigzag varints) | minimum value (zigzag) | dense:
+  stream of ``values - min``; sparse: entry count | gap stream | stream of the entries'
+  ``values - min``; elsewhere the value is the zero point. The weight is
+  ``(values - zero_point) * scale`` (float32), times ``multiplier`` with bit 4: a kernel
+  stored as a quantized matrix with a per-input multiplier (AWQ), as
+  ``models.QuantizedKernel`` holds it. The values shape is the quantized tensor's
+  *grouped* shape (a group-wise axis split in two), so one scale / zero point per group
+  costs 4 bytes / one varint; the record's own shape may differ from it (a head
+  projection's ``(E, H, D)`` kernel quantized as an ``(E, H * D)`` matrix). Bit 4 came
+  after version 1 was first written: files without a multiplier are unchanged, and an
+  older reader refuses one with a multiplier as an unknown record kind.
 
 Sparse layouts store only the positions that differ from a default (0.0 for floats,
 the most frequent code, the zero point) as relative indices: each gap is the number of
@@ -54,9 +63,10 @@ up, and refuses before allocating anything a file the writer cannot have produce
   positions inside the tensor;
 - weight-shared: every codebook entry used (the writer drops unused ones), codes in
   range, the sparse default the most frequent code;
-- quantized: values shape with the record's element count, scale / zero point shapes
-  that broadcast to it, scales finite and ``> 0``, zero points and ``minimum + value``
-  within int64, the stored minimum equal to the smallest value.
+- quantized: values shape with the record's element count, scale / multiplier / zero
+  point shapes that broadcast to it, scales and multipliers finite and ``> 0``, zero
+  points and ``minimum + value`` within int64, the stored minimum equal to the smallest
+  value; the multiplier bit on another record type is an unknown kind.
 
 What no check can catch: a change that yields another valid file (different float
 values, codebook entries, scales or integers of the same structure) loads as those
@@ -93,6 +103,7 @@ MAX_DEPTH = 64
 FLOAT, SHARED, QUANTIZED = 0, 1, 2
 _SPARSE = 4
 _ORDER_F = 8
+_MULTIPLIER = 16
 _HUFFMAN = 128
 _TAG_DICT, _TAG_LIST, _TAG_TUPLE = 0, 1, 2
 
@@ -423,9 +434,49 @@ class _Quant(NamedTuple):
     values: np.ndarray  # integers
     scale: np.ndarray  # float32, broadcastable to values
     zero_point: np.ndarray  # integers, broadcastable to values
+    multiplier: np.ndarray | None = None  # float32, broadcastable to values
+
+
+def _positive_finite(arr: np.ndarray, label: str, name: str) -> None:
+    if arr.size and not np.all(np.isfinite(arr) & (arr > 0)):
+        raise ValueError(
+            f"{label} for {name!r} must be finite and > 0 in float32, got values in "
+            f"[{arr.min()}, {arr.max()}]"
+        )
+
+
+def _as_kernel_quant(k: Any, name: str) -> _Quant:
+    """A quantized ``(in, out)`` matrix with an optional per-input multiplier (duck-typed
+    ``models.QuantizedKernel``: ``qweight`` and ``input_scale``)."""
+    inner = k.qweight
+    q = _as_quant(inner, name)
+    multiplier = getattr(k, "input_scale", None)
+    if multiplier is None:
+        return q
+    shape = tuple(getattr(inner, "shape", None) or np.shape(inner.values))
+    if len(shape) != 2:
+        raise ValueError(
+            f"the quantized matrix of {name!r} must be 2-D (in, out) to carry a per-input "
+            f"multiplier, got shape {shape}"
+        )
+    multiplier = np.asarray(multiplier, np.float32).reshape(-1)
+    if multiplier.size != shape[0]:
+        raise ValueError(
+            f"input_scale for {name!r} has {multiplier.size} entries, its (in, out) matrix "
+            f"{shape} has {shape[0]} inputs"
+        )
+    _positive_finite(multiplier, "input_scale", name)
+    if getattr(inner, "group_size", None) and getattr(inner, "group_axis", None) == 0:
+        rows = (shape[0] // inner.group_size, inner.group_size)  # inputs split into groups
+    else:
+        rows = (shape[0],)
+    multiplier = multiplier.reshape(rows + (1,) * (q.values.ndim - len(rows)))
+    return q._replace(multiplier=multiplier)
 
 
 def _as_quant(q: Any, name: str) -> _Quant:
+    if hasattr(q, "qweight"):  # a quantized matrix view of a kernel (models.QuantizedKernel)
+        return _as_kernel_quant(q, name)
     if hasattr(q, "packed") and not hasattr(q, "values"):  # a bit-packed QTensor
         from jaxopt_models.quantization import unpack
 
@@ -465,17 +516,15 @@ def _as_quant(q: Any, name: str) -> _Quant:
             scale = arr
         else:
             zp = arr
-    if scale.size and not np.all(np.isfinite(scale) & (scale > 0)):
-        raise ValueError(
-            f"scale for {name!r} must be finite and > 0 in float32, got values in "
-            f"[{scale.min()}, {scale.max()}]"
-        )
+    _positive_finite(scale, "scale", name)
     return _Quant(values.astype(np.int64), scale, zp)
 
 
 def dequantize_record(q: _Quant) -> np.ndarray:
-    """``(values - zero_point) * scale`` in float32: how quantized records are loaded."""
-    return (q.values.astype(np.float32) - q.zero_point.astype(np.float32)) * q.scale
+    """``(values - zero_point) * scale`` (times the multiplier, if any) in float32: how
+    quantized records are loaded."""
+    w = (q.values.astype(np.float32) - q.zero_point.astype(np.float32)) * q.scale
+    return w if q.multiplier is None else w * q.multiplier
 
 
 def _quantized_record(q: _Quant, shape, *, huffman: bool, sparse: bool | None = None) -> bytes:
@@ -493,11 +542,15 @@ def _quantized_record(q: _Quant, shape, *, huffman: bool, sparse: bool | None = 
         )
     use_sparse = best is not None and (sparse or best.size < dense_cost)
     w = _Writer()
-    w.u8(QUANTIZED | (_SPARSE | (_ORDER_F if best.order == "F" else 0) if use_sparse else 0))
+    kind = QUANTIZED | (_SPARSE | (_ORDER_F if best.order == "F" else 0) if use_sparse else 0)
+    w.u8(kind | (0 if q.multiplier is None else _MULTIPLIER))
     _write_shape(w, shape)
     _write_shape(w, values.shape)
     _write_shape(w, q.scale.shape)
     w.raw(_f32_bytes(q.scale))
+    if q.multiplier is not None:
+        _write_shape(w, q.multiplier.shape)
+        w.raw(_f32_bytes(q.multiplier))
     _write_shape(w, q.zero_point.shape)
     for z in q.zero_point.reshape(-1):
         w.zigzag(int(z))
@@ -572,17 +625,26 @@ def _check_int64(v: int, what: str) -> int:
     return v
 
 
-def _read_quantized(r: _Reader, shape, numel: int, sparse: bool, order: str) -> np.ndarray:
+def _read_positive_f32(r: _Reader, vshape: tuple[int, ...], what: str) -> np.ndarray:
+    """A float32 array of a stored shape that broadcasts to ``vshape``, finite and > 0."""
+    shape = _read_shape(r, f"{what} shape")
+    if not _broadcasts_to(shape, vshape):
+        raise FormatError(f"{what} shape {shape} does not broadcast to values shape {vshape}")
+    arr = _read_f32(r, math.prod(shape)).reshape(shape)
+    if arr.size and not np.all(np.isfinite(arr) & (arr > 0)):
+        bad = arr[~(np.isfinite(arr) & (arr > 0))].reshape(-1)[0]
+        raise FormatError(f"{what} {bad} is not finite and > 0")
+    return arr
+
+
+def _read_quantized(
+    r: _Reader, shape, numel: int, sparse: bool, order: str, multiplied: bool
+) -> np.ndarray:
     vshape = _read_shape(r, "values shape")
     if math.prod(vshape) != numel:
         raise FormatError(f"values shape {vshape} does not have the {numel} elements of {shape}")
-    sshape = _read_shape(r, "scale shape")
-    if not _broadcasts_to(sshape, vshape):
-        raise FormatError(f"scale shape {sshape} does not broadcast to values shape {vshape}")
-    scale = _read_f32(r, math.prod(sshape)).reshape(sshape)
-    if scale.size and not np.all(np.isfinite(scale) & (scale > 0)):
-        bad = scale[~(np.isfinite(scale) & (scale > 0))].reshape(-1)[0]
-        raise FormatError(f"scale {bad} is not finite and > 0")
+    scale = _read_positive_f32(r, vshape, "scale")
+    multiplier = _read_positive_f32(r, vshape, "multiplier") if multiplied else None
     zshape = _read_shape(r, "zero point shape")
     if not _broadcasts_to(zshape, vshape):
         raise FormatError(f"zero point shape {zshape} does not broadcast to values shape {vshape}")
@@ -607,7 +669,7 @@ def _read_quantized(r: _Reader, shape, numel: int, sparse: bool, order: str) -> 
     low = int(values.min()) if numel else 0
     if low != qmin:
         raise FormatError(f"stored minimum {qmin} is not the smallest value {low}")
-    return dequantize_record(_Quant(values, scale, zp)).reshape(shape)
+    return dequantize_record(_Quant(values, scale, zp, multiplier)).reshape(shape)
 
 
 def _read_record(r: _Reader, budget: _Budget | None = None) -> np.ndarray:
@@ -615,8 +677,10 @@ def _read_record(r: _Reader, budget: _Budget | None = None) -> np.ndarray:
     budget = _Budget(MAX_ELEMENTS) if budget is None else budget
     kind = r.u8()
     rtype, sparse, order = kind & 3, bool(kind & _SPARSE), "F" if kind & _ORDER_F else "C"
-    if kind & ~(3 | _SPARSE | _ORDER_F) or rtype > QUANTIZED:
+    if kind & ~(3 | _SPARSE | _ORDER_F | _MULTIPLIER) or rtype > QUANTIZED:
         raise FormatError(f"unknown record kind {kind}")
+    if kind & _MULTIPLIER and rtype != QUANTIZED:
+        raise FormatError(f"unknown record kind {kind} (only quantized records have a multiplier)")
     if kind & _ORDER_F and not sparse:
         raise FormatError(f"record kind {kind}: element order is only stored for sparse layouts")
     shape = _read_shape(r)
@@ -630,7 +694,7 @@ def _read_record(r: _Reader, budget: _Budget | None = None) -> np.ndarray:
     if rtype == SHARED:
         codebook, indices = _read_shared(r, numel, sparse)
         return codebook[indices].reshape(shape, order=order)
-    return _read_quantized(r, shape, numel, sparse, order)
+    return _read_quantized(r, shape, numel, sparse, order, bool(kind & _MULTIPLIER))
 
 
 # --------------------------------------------------------------------------- tree paths
@@ -766,6 +830,9 @@ def _build_tree(items: list[tuple[tuple, Any]]) -> PyTree:
 
 
 def _is_quant(x: Any) -> bool:
+    """A QTensor / PackedQTensor, or a quantized kernel view (``models.QuantizedKernel``)."""
+    if hasattr(x, "qweight") and hasattr(x, "input_scale"):
+        return True
     return hasattr(x, "scale") and (hasattr(x, "values") or hasattr(x, "packed"))
 
 
@@ -1026,10 +1093,17 @@ def save_compressed(
       shared: optional tree from ``cluster_weights`` (``SharedTensor`` at shared leaves).
       quantized: optional tree like ``params`` with a ``QTensor`` or ``PackedQTensor``
         (from ``jaxopt_models.quantization``) at quantized leaves, e.g. the output of
-        ``quantize_params``; other leaves are ignored. Anything with integer ``values``,
-        float ``scale`` and integer ``zero_point`` (or ``None``) broadcastable to the
-        values works too. Loaded as ``(values - zero_point) * scale`` in float32, as
-        ``quantization.dequantize`` computes it.
+        ``quantize_params``, or the ``report.qparams`` of ``models.compress_model``
+        (GPTQ / RTN / AWQ / SparseGPT+GPTQ, per column or group-wise), whose
+        ``models.QuantizedKernel`` leaves store a kernel as a quantized ``(in, out)``
+        matrix with an optional per-input multiplier; other leaves are ignored. Anything
+        with integer ``values``, float ``scale`` and integer ``zero_point`` (or ``None``)
+        broadcastable to the values works too. Loaded as ``(values - zero_point) * scale``
+        in float32, as ``quantization.dequantize`` computes it (times the multiplier, as
+        ``models.dequantize_kernel`` does). The values cost their bit width (``b``-bit
+        values take ``b`` bits, or fewer with Huffman coding), each group 4 bytes of scale
+        and a varint zero point. A QuantizedKernel's activation quantization
+        (SmoothQuant's ``act_bits``) is a run-time setting, not a weight: it is not stored.
       huffman: allow Huffman coding of the index / code / integer streams.
       check: verify that every shared / quantized record reproduces its params leaf
         bitwise, so the loaded model predicts exactly what the saved one did.
@@ -1061,7 +1135,10 @@ def load_compressed(path: str | os.PathLike, *, max_elements: int = MAX_ELEMENTS
 
     Returns:
       The params pytree (nested dicts / lists / tuples as saved) of float32 arrays,
-      bitwise equal to the saved params.
+      bitwise equal to the saved params. Quantized kernels load dequantized: a model
+      saved from ``compress_model``'s ``qparams`` runs with plain ``model.apply`` and
+      computes what ``models.apply_with_qtensors`` computes on the ``qparams`` (up to
+      float rounding: that one applies scales to partial sums).
 
     Raises:
       FileNotFoundError: no file at ``path``; IsADirectoryError: ``path`` is a directory

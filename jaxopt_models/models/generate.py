@@ -4,6 +4,11 @@ The prompt is run once (prefill) into a cache sized ``prompt length + max_new_to
 then one compiled decode step per new token (a ``lax.scan``) feeds the last token, writes
 its keys and values into the cache and samples the next one. Shapes never change, so
 nothing recompiles as the sequence grows.
+
+The parameters may hold quantized kernels (QTensor, bit-packed PackedQTensor or
+``QuantizedKernel`` leaves, e.g. ``compress_model``'s ``report.qparams``): every step then
+runs through ``apply_with_qtensors``, so the integer kernels are what the compiled program
+holds and each step dequantizes them on the fly (weight-only int8 / int4 decoding).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_models.models.transformer import CausalLM, check_tokens
+from jaxopt_models.models.weight_only import apply_with_qtensors, is_quantized
 from jaxopt_models.typing import PyTree
 
 
@@ -93,7 +99,8 @@ def generate(
 
     Args:
       model: a :class:`CausalLM`.
-      params: its parameters.
+      params: its parameters; kernels may be quantized (QTensor, PackedQTensor or
+        ``QuantizedKernel`` leaves), then dequantized on the fly inside every step.
       prompt: ``(B, P)`` integer token ids, ``P >= 1``.
       max_new_tokens: tokens to add; ``P + max_new_tokens <= model.max_len``.
       temperature: 0 (default) picks the most likely token; > 0 samples.
@@ -107,6 +114,8 @@ def generate(
       >>> model = gpt_tiny()
       >>> params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
       >>> out = generate(model, params, jnp.array([[1, 2, 3]]), max_new_tokens=5)
+      >>> qparams = quantization.pack_params(report.qparams)  # e.g. int4 GPTQ, packed
+      >>> out = generate(model, qparams, jnp.array([[1, 2, 3]]), max_new_tokens=5)
     """
     if not isinstance(model, CausalLM):
         raise TypeError(f"model must be a CausalLM; got {type(model).__name__}")
@@ -154,9 +163,17 @@ def _generate(model, params, prompt, temperature, rng, *, max_new_tokens, top_k,
     def pick(logits: jax.Array, key: jax.Array) -> jax.Array:
         return sample_logits(logits, key, 0.0 if greedy else temperature, top_k)
 
+    quantized = any(is_quantized(x) for x in jax.tree.leaves(params, is_leaf=is_quantized))
+    apply = functools.partial(apply_with_qtensors, model) if quantized else model.apply
+
     def forward(cache: PyTree, tokens: jax.Array) -> tuple[jax.Array, PyTree]:
-        logits, state = model.apply(
-            {"params": params, "cache": cache}, tokens, decode=True, mutable=["cache"]
+        step_params = params
+        if quantized:
+            # Tie the kernels to the step's cache: XLA would otherwise hoist their
+            # dequantization out of the decode loop and keep float copies through it.
+            step_params, cache = jax.lax.optimization_barrier((params, cache))
+        logits, state = apply(
+            {"params": step_params, "cache": cache}, tokens, decode=True, mutable=["cache"]
         )
         return logits[:, -1], state["cache"]
 

@@ -5,10 +5,21 @@ A one-shot compressed model (``models.compress_model``) stores its kernels as
 optionally bit-packed with ``quantization.pack`` (4 or 3 bits per value), and keeps every
 other leaf float. This module runs such a model:
 
-- :func:`weight_only_dense` is the Dense layer ``y = x @ W + b`` on a quantized ``W``: the
-  integer values are cast to the compute dtype and multiplied with the input group by group;
-  the zero points and scales are applied to the ``(rows, groups, out)`` partial sums, so no
-  float copy of ``W`` is ever scaled (``x_g @ (v_g - z_g) * s_g``, summed over the groups).
+- :func:`weight_only_dense` is the Dense layer ``y = x @ W + b`` on a quantized ``W``: inside
+  the compiled call the integers are read, converted and scaled in one elementwise pass
+  (``(v - z) * s`` per group) that feeds one matrix product. Bit-packed 2-, 4- and 8-bit
+  kernels are read straight from their bytes: byte ``j`` of a row holds ``8 / bits``
+  consecutive output columns, so each bit plane (``(packed >> (i * bits)) & mask``) is the
+  kernel's every ``8 / bits``-th column; one product per plane, and the outputs are
+  interleaved back (no weight-sized shuffle). Other widths (3 bits) are unpacked first.
+
+  Why not integers into the product: XLA:CPU's matrix products take float operands, so
+  a float copy of ``W`` is written per call whatever the formulation; scaling it in the same
+  pass costs nothing, while applying scales to per-group partial sums
+  (``sum_g s_g * x_g @ (v_g - z_g)``) needs a batched product over the groups, which
+  XLA:CPU ran up to 7x slower (16 rows of a ``512 x 2048`` kernel, groups of 128). On the
+  CPU the per-call conversion makes a quantized product slower than the float one at batch
+  1 (``benchmarks/lm_decode_quantized.py``); what it saves is memory.
 - :func:`apply_with_qtensors` runs any Flax model whose ``params`` hold quantized kernels:
   every Dense-like layer (``nn.Dense``, ``nn.DenseGeneral``, the transformer's head
   projections) with a quantized kernel goes through :func:`weight_only_dense`; any other
@@ -142,35 +153,65 @@ def dequantize_tree(tree: PyTree) -> PyTree:
     return jax.tree.map(dequantize_kernel, tree, is_leaf=is_quantized)
 
 
-def _check_matrix(q: qz.QTensor) -> None:
-    if q.ndim != 2:
+def _check_matrix(q: Any) -> None:
+    if len(q.shape) != 2:
         raise ValueError(
             f"weight_only_dense needs a 2-D (in, out) quantized kernel, got shape {q.shape}"
         )
 
 
-def _quantized_matmul(x: jax.Array, q: qz.QTensor, dtype: Any, precision: Any) -> jax.Array:
-    """``x @ dequantize(q)`` with the scales and zero points applied to the partial sums."""
-    _check_matrix(q)
-    n_in, n_out = q.shape
-    if 0 in q.axis or q.group_axis not in (None, 0):
-        # a layout with scales along the input axis only: dequantize, then multiply
-        return jnp.matmul(x, qz.dequantize(q).astype(dtype), precision=precision)
-    v = q.values.astype(dtype)
-    scale = q.scale.astype(dtype)
-    zp = None if q.zero_point is None else q.zero_point.astype(dtype)
-    if q.group_size is None:
-        acc = jnp.matmul(x, v, precision=precision)
-        if zp is not None:
-            acc = acc - jnp.sum(x, axis=-1, keepdims=True) * zp.reshape(1, -1)
-        return acc * scale.reshape(1, -1)
-    g = q.group_size
-    n_groups = n_in // g
-    xg = x.reshape(x.shape[0], n_groups, g)
-    acc = jnp.einsum("rgk,gko->rgo", xg, v.reshape(n_groups, g, n_out), precision=precision)
-    if zp is not None:
-        acc = acc - jnp.sum(xg, axis=-1)[..., None] * zp.reshape(n_groups, -1)[None]
-    return jnp.sum(acc * scale.reshape(n_groups, -1)[None], axis=1)
+def _plane_layout(p: qz.PackedQTensor) -> bool:
+    """Whether a packed ``(in, out)`` kernel can be read plane by plane (see the module doc)."""
+    return (
+        p.bits in (2, 4, 8)
+        and len(p.shape) == 2
+        and p.shape[1] % (8 // p.bits) == 0
+        and p.group_axis in (None, 0)
+    )
+
+
+def _columns(a: jax.Array, i: int, per: int) -> jax.Array:
+    """Columns ``i::per`` of a per-column array (last axis ``out``); broadcast ones as is."""
+    if a.ndim == 0 or a.shape[-1] == 1:
+        return a
+    return a.reshape(*a.shape[:-1], a.shape[-1] // per, per)[..., i]
+
+
+def _plane_kernels(p: qz.PackedQTensor, dtype: Any) -> list[jax.Array]:
+    """The float ``(in, out / per)`` kernels of columns ``i::per`` of a packed kernel.
+
+    Each is ``(codes + qmin - zero_point) * scale``, equal to ``dequantize`` (small integers
+    are exact in float32) with one conversion per weight.
+    """
+    per = 8 // p.bits
+    n_in, n_out = p.shape
+    mask = (1 << p.bits) - 1
+    compute = jnp.result_type(p.scale.dtype, jnp.float32)
+    qmin = qz.integer_range(p.bits, p.symmetric)[0]
+    offset = jnp.asarray(qmin, compute)
+    if p.zero_point is not None:
+        offset = offset - p.zero_point.astype(compute)
+    grouped = (n_in, n_out // per)
+    if p.group_size is not None:
+        grouped = (n_in // p.group_size, p.group_size, n_out // per)
+    rows = p.packed.reshape(n_in, n_out // per)
+    planes = []
+    for i in range(per):
+        codes = (rows >> (i * p.bits)) & mask if per > 1 else rows
+        w = (codes.astype(compute).reshape(grouped) + _columns(offset, i, per)) * _columns(
+            p.scale.astype(compute), i, per
+        )
+        planes.append(w.reshape(n_in, n_out // per).astype(p.dtype).astype(dtype))
+    return planes
+
+
+def _quantized_matmul(x: jax.Array, q: Any, dtype: Any, precision: Any) -> jax.Array:
+    """``x @ dequantize(q)`` for ``(rows, in)`` ``x``, the kernel dequantized in the call."""
+    if isinstance(q, qz.PackedQTensor) and _plane_layout(q):
+        ys = [jnp.matmul(x, w, precision=precision) for w in _plane_kernels(q, dtype)]
+        return jnp.stack(ys, axis=-1).reshape(x.shape[0], q.shape[1])
+    w = qz.dequantize(_as_qtensor(q)).astype(dtype)
+    return jnp.matmul(x, w, precision=precision)
 
 
 def transform_input(kernel: Any, rows: jax.Array) -> jax.Array:
@@ -203,10 +244,10 @@ def weight_only_dense(
 ) -> jax.Array:
     """A Dense layer ``x @ W + b`` on a quantized ``W``, dequantized on the fly.
 
-    Per-column and group-wise grids (``axis=(1,)``, ``group_axis=0``, as GPTQ / RTN / AWQ
-    produce) never build the float ``W``: the integer values are cast to ``dtype`` and the
-    scales and zero points are applied to the per-group partial sums. Other layouts are
-    dequantized first. Jit it (or the model around it).
+    The stored integers are what the compiled function reads: they are converted and scaled
+    in one fused pass feeding the matrix product (see the module docstring; a bit-packed
+    2-, 4- or 8-bit kernel is read plane by plane without unpacking). Jit it (or the model
+    around it).
 
     Args:
       x: ``(..., in)`` inputs.
@@ -235,7 +276,7 @@ def weight_only_dense(
             "kernel must be a QTensor, PackedQTensor or QuantizedKernel, got "
             f"{type(kernel).__name__}; use a plain matmul for float kernels"
         )
-    q = _as_qtensor(kernel.qweight if isinstance(kernel, QuantizedKernel) else kernel)
+    q = kernel.qweight if isinstance(kernel, QuantizedKernel) else kernel
     _check_matrix(q)
     if x.shape[-1] != q.shape[0]:
         raise ValueError(
