@@ -173,3 +173,27 @@ def synthetic_dataset(n_train: int = 200, n_test: int = 40, num_classes: int = 4
     x[:, 0] = np.arange(n_train + n_test) / 1000
     train, test = slice(0, n_train), slice(n_train, None)
     return data.Dataset("synthetic", x[train], y[train], x[test], y[test], num_classes)
+
+
+def train_tiny_lm(workdir: str, *, steps: int = 60) -> str:
+    """A finished ``recipes.lm`` run of a 2-block, 32-wide byte LM on 80 kB of the Python
+    standard library (seconds); returns ``workdir``."""
+    from jaxopt_models.recipes import lm
+
+    c = lm.default_config()
+    c.dataset.max_bytes = 80_000
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.embed_dim = 32
+    c.context = 32
+    c.batch_size = 8
+    c.num_steps = steps
+    c.eval_every_steps = steps // 2
+    c.eval_max_batches = 2
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_steps = 5
+    c.checkpoint.every_seconds = 0.0
+    c.plots = False
+    c.generate.num_samples = 0
+    lm.run(c, workdir)
+    return workdir

@@ -85,12 +85,13 @@ def test_config_loads_and_its_script_accepts_it(name, variant):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_quick_variant_shrinks_the_run(name):
     full, quick = load_config(name), load_config(name, "quick")
-    length = "num_epochs" if "num_epochs" in full else "num_steps"
+    # a recipe that trains nothing (it compresses a finished run) shrinks its calibration
+    length = next(k for k in ("num_epochs", "num_steps", "calibration_examples") if k in full)
     assert quick[length] < full[length]
     inf = float("inf")
     assert (quick.dataset.get("num_train") or inf) <= (full.dataset.get("num_train") or inf)
     # nothing but the run's size changes
-    assert quick.model.to_dict() == full.model.to_dict()
+    assert quick.get("model", {}) == full.get("model", {})
     assert quick.dataset.name == full.dataset.name
 
 

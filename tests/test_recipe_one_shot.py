@@ -150,3 +150,52 @@ def test_cli_reports_a_config_error_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: config.one_shot.bits=9 must be an int in [2, 8]"
     ]
+
+
+def test_budgets_per_method_entry(tmp_path):
+    """``budget=`` per entry: OWL and sensitivity sparsities average to the target, a
+    mixed-precision allocation to at most the mean bits; the head rule stays "skip"."""
+    c = _config()
+    c.one_shot.methods = (
+        "wanda sparsity=0.7 budget=owl",
+        "sparsegpt sparsity=0.7 budget=sensitivity",
+        "rtn bits=3 budget=sensitivity",
+    )
+    c.one_shot.allowed_bits = (2, 3, 4)
+    c.one_shot.layers = {"Dense_2": "skip"}
+    results = one_shot.run(c, None)
+    rows = {r["method"]: r for r in results["rows"]}
+    for entry in c.one_shot.methods[:2]:
+        alloc = rows[entry]["allocation"]
+        sizes = [b["params"] for b in alloc["layers"]]
+        levels = [b["level"] for b in alloc["layers"]]
+        assert sum(s * x for s, x in zip(sizes, levels, strict=True)) / sum(sizes) == pytest.approx(
+            0.7
+        )
+        assert alloc["rules"]["Dense_2"] == "skip"
+        done = {r["path"]: r for r in rows[entry]["layers"]}
+        for b in alloc["layers"]:  # what was allocated is what was applied
+            layer = done[b["path"]]
+            assert 1 - layer["nonzeros"] / layer["size"] == pytest.approx(b["level"], abs=0.02)
+    bits = rows["rtn bits=3 budget=sensitivity"]["allocation"]
+    assert bits["achieved"] <= 3 + 1e-9
+    assert "allocation" in results["layer_tables"][0]
+
+
+@pytest.mark.parametrize(
+    "entry, match",
+    [
+        ("smoothquant budget=sensitivity", "does not apply to 'smoothquant'"),
+        ("rtn budget=owl", "does not apply to 'rtn'"),
+        ("sparsegpt n_m=2:4 budget=owl", "n:m pattern"),
+        ("gptq bits=2 budget=sensitivity", "allowed_bits"),
+        ("wanda budget=greedy", "budget"),
+    ],
+)
+def test_budget_errors_before_training(tmp_path, entry, match):
+    c = _config()
+    c.one_shot.methods = (entry,)
+    c.one_shot.allowed_bits = (3, 4, 8)
+    with pytest.raises(ConfigError, match=match):
+        one_shot.run(c, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "dense")

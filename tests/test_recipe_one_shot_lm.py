@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from _helpers import use_compilation_cache
+from _helpers import train_tiny_lm, use_compilation_cache
 
 from jaxopt_models.recipes import lm, load_lm, one_shot
 
@@ -16,24 +16,7 @@ use_compilation_cache()
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
-    c = lm.default_config()
-    c.dataset.max_bytes = 80_000
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.model.embed_dim = 32
-    c.context = 32
-    c.batch_size = 8
-    c.num_steps = 60
-    c.eval_every_steps = 30
-    c.eval_max_batches = 2
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.warmup_steps = 5
-    c.checkpoint.every_seconds = 0.0
-    c.plots = False
-    c.generate.num_samples = 0
-    workdir = str(tmp_path_factory.mktemp("lm") / "dense")
-    lm.run(c, workdir)
-    return workdir
+    return train_tiny_lm(str(tmp_path_factory.mktemp("lm") / "dense"))
 
 
 def _config(source, *methods):

@@ -11,7 +11,7 @@ kernels admit no group of 128); AWQ 4-bit; SmoothQuant W8A8; magnitude, Wanda an
 at 50% and 2:4; SparseGPT 50% + GPTQ 4-bit in one sweep. The token embedding, which is also
 the output head (tied), stays float32 as in the papers.
 
-  python -m experiments.lm --config experiments/configs/text_bible_gpt.py --workdir runs/lm_bible
+  # first train the LM into runs/lm_bible with the command in text_bible_gpt.py, then:
   python -m experiments.one_shot --config experiments/configs/text_bible_gpt_one_shot.py \
       --workdir runs/lm_bible_one_shot --config.source_dir=runs/lm_bible
   # quick local try: --config=experiments/configs/text_bible_gpt_one_shot.py:quick

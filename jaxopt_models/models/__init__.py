@@ -1,5 +1,18 @@
 """Flax linen models: MLP, LeNet-5 style CNNs, a deeper CNN, LSTM/GRU RNNs and transformers."""
 
+from jaxopt_models.models.budgets import Allocation as Allocation
+from jaxopt_models.models.budgets import LayerBudget as LayerBudget
+from jaxopt_models.models.budgets import allocation_dict as allocation_dict
+from jaxopt_models.models.budgets import choose_levels as choose_levels
+from jaxopt_models.models.budgets import format_allocation as format_allocation
+from jaxopt_models.models.budgets import measure_costs as measure_costs
+from jaxopt_models.models.budgets import outlier_ratio as outlier_ratio
+from jaxopt_models.models.budgets import owl_sparsity as owl_sparsity
+from jaxopt_models.models.budgets import save_allocation as save_allocation
+from jaxopt_models.models.budgets import sensitivity_bits as sensitivity_bits
+from jaxopt_models.models.budgets import sensitivity_sparsity as sensitivity_sparsity
+from jaxopt_models.models.budgets import uniform_allocation as uniform_allocation
+from jaxopt_models.models.budgets import wanda_scores as wanda_scores
 from jaxopt_models.models.calibration import LayerInfo as LayerInfo
 from jaxopt_models.models.calibration import LayerReport as LayerReport
 from jaxopt_models.models.calibration import LayerStats as LayerStats

@@ -59,4 +59,3 @@ def check_target(
             f"use an m that divides {n_in}."
         )
     return None, (n, m)
-

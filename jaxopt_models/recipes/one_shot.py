@@ -36,6 +36,7 @@ from jaxopt_models import quantization as qz
 from jaxopt_models.checks import check_one_of
 from jaxopt_models.data import lm_eval_batches, lm_train_batch
 from jaxopt_models.metrics import classification_report
+from jaxopt_models.models import budgets
 from jaxopt_models.models import calibration as cal
 from jaxopt_models.models.weight_only import apply_with_qtensors, stored_bytes
 from jaxopt_models.recipes import build
@@ -49,6 +50,8 @@ from jaxopt_models.training import atomic_write_json, count_params, initialize_d
 RESULTS_FILE = "one_shot.json"
 TABLE_FILE = "table.md"
 SECTION = "config.one_shot"
+BUDGETS = ("uniform", "owl", "sensitivity")
+_BITS_BUDGET_METHODS = ("rtn", "gptq", "awq")
 _SHARED = tuple(cal.DEFAULT_SETTINGS)
 
 
@@ -66,6 +69,13 @@ def one_shot_section(**overrides: Any) -> ml_collections.ConfigDict:
       calibration_batch_size: examples per calibration forward pass.
       sequential: calibrate each layer group on the compressed layers before it.
       layers: ``{pattern: {setting: value}}`` or ``{pattern: "skip"}``.
+      budget: per-layer levels from the global ``sparsity`` / ``bits`` (``models.budgets``):
+        ``"uniform"`` (every layer the same), ``"owl"`` (outlier-weighted sparsity; pruning
+        methods) or ``"sensitivity"`` (levels chosen from each layer's measured loss
+        increase; pruning methods and RTN / GPTQ / AWQ, whose ``bits`` is then the
+        parameter-weighted mean over ``allowed_bits``). A method entry may set its own,
+        e.g. ``"sparsegpt budget=owl"``.
+      allowed_bits: the bit widths a ``"sensitivity"`` bits allocation chooses from.
     """
     c = ml_collections.ConfigDict()
     c.methods = ("magnitude", "wanda", "sparsegpt", "rtn", "gptq")
@@ -85,6 +95,8 @@ def one_shot_section(**overrides: Any) -> ml_collections.ConfigDict:
     c.calibration_batch_size = 256
     c.sequential = True
     c.layers = ml_collections.ConfigDict()
+    c.budget = "uniform"
+    c.allowed_bits = (2, 3, 4, 8)
     c.update(overrides)
     return c
 
@@ -144,10 +156,13 @@ def parse_method(entry: Any, index: int) -> tuple[str, dict[str, Any]]:
         key, sep, value = part.partition("=")
         if not sep or not key or not value:
             raise ValueError(f"{where}={entry!r}: {part!r} must be key=value, e.g. bits=3")
+        if key == "budget":
+            overrides[key] = check_one_of(f"{where} budget", value, BUDGETS)
+            continue
         if key not in cal.METHOD_SETTINGS[name]:
             raise ValueError(
                 f"{where}={entry!r}: {key!r} is not read by {name!r}; it reads "
-                f"{list(cal.METHOD_SETTINGS[name])}"
+                f"{[*cal.METHOD_SETTINGS[name], 'budget']}"
             )
         overrides[key] = cal.check_setting(key, _parse_value(value), f"{where} {key}")
     return name, overrides
@@ -192,11 +207,83 @@ def _method_rules(rules: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def check_section(section) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str, Any]]:
+class Method(NamedTuple):
+    """One checked method entry: its text, the method, its settings and its budget rule."""
+
+    entry: str
+    name: str
+    settings: dict[str, Any]
+    budget: str
+
+
+def check_budget(budget: str, name: str, settings: dict, allowed_bits: tuple, where: str):
+    """Refuses a budget rule the method cannot use, or a target it cannot meet."""
+    if budget == "uniform":
+        return
+    if name in cal.PRUNING_METHODS:
+        if settings.get("n_m") is not None:
+            raise ValueError(
+                f"{where}: budget={budget!r} allocates sparsities; an n:m pattern "
+                f"({settings['n_m']}) fixes every layer's: use budget='uniform'"
+            )
+        return
+    if budget == "sensitivity" and name in _BITS_BUDGET_METHODS:
+        lo, hi = min(allowed_bits), max(allowed_bits)
+        if not lo <= settings["bits"] <= hi:
+            raise ValueError(
+                f"{where}: bits={settings['bits']} (the mean of a mixed-precision budget) "
+                f"cannot be met with allowed_bits={allowed_bits}: it must lie in [{lo}, {hi}]"
+            )
+        return
+    allowed = "pruning methods" if budget == "owl" else "pruning methods, rtn, gptq and awq"
+    raise ValueError(f"{where}: budget={budget!r} does not apply to {name!r}; it serves {allowed}")
+
+
+def allocate(
+    model,
+    variables,
+    batches,
+    method: Method,
+    *,
+    exclude=(),
+    allowed_bits=budgets.BIT_LEVELS,
+    apply_kwargs=None,
+) -> budgets.Allocation | None:
+    """The per-layer allocation of ``method.budget`` (None for ``"uniform"``).
+
+    Sparsity targets are the method's ``sparsity``; bits targets its ``bits`` as the
+    parameter-weighted mean over ``allowed_bits``. The joint ``sparsegpt+gptq`` sweep is not
+    allocated (refused by :func:`check_budget`).
+    """
+    name, s = method.name, method.settings
+    if method.budget == "uniform":
+        return None
+    kw = {"exclude": tuple(exclude), "apply_kwargs": apply_kwargs}
+    if name in cal.PRUNING_METHODS:
+        if method.budget == "owl":
+            return budgets.owl_sparsity(model, variables, batches, target=s["sparsity"], **kw)
+        base = {k: v for k, v in s.items() if k not in ("sparsity", "n_m")}
+        return budgets.sensitivity_sparsity(
+            model, variables, batches, target=s["sparsity"], method=name, settings=base, **kw
+        )
+    base = {k: v for k, v in s.items() if k != "bits"}
+    return budgets.sensitivity_bits(
+        model,
+        variables,
+        batches,
+        method=name,
+        average_bits=s["bits"],
+        levels=tuple(allowed_bits),
+        settings=base,
+        **kw,
+    )
+
+
+def check_section(section) -> tuple[list["Method"], dict[str, Any]]:
     """Checks every field of a ``one_shot`` section.
 
     Returns:
-      ``(methods, rules)``: ``[(entry, method, settings)]`` and the layer rules.
+      ``(methods, rules)``: one :class:`Method` per entry and the layer rules.
 
     Raises:
       ValueError / TypeError naming ``config.one_shot.<field>``.
@@ -214,14 +301,19 @@ def check_section(section) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[
         raise ValueError(
             f"{SECTION}.methods={entries!r} must be a non-empty list of method entries"
         )
+    check_one_of(f"{SECTION}.budget", section.budget, BUDGETS)
+    for b in section.allowed_bits:
+        cal.check_setting("bits", b, f"{SECTION}.allowed_bits")
     methods = []
     for i, entry in enumerate(entries):
         name, overrides = parse_method(entry, i)
+        budget = overrides.pop("budget", section.budget)
         settings = _method_settings(section, name, overrides)
         where = SECTION if not overrides else f"{SECTION}.methods[{i}]={entry!r}:"
         cal.check_settings(name, settings, where)
-        methods.append((entry, name, settings))
-    labels = [e for e, _, _ in methods]
+        check_budget(budget, name, settings, tuple(section.allowed_bits), f"{SECTION}.methods[{i}]")
+        methods.append(Method(entry, name, settings, budget))
+    labels = [m.entry for m in methods]
     if len(set(labels)) != len(labels):
         raise ValueError(f"{SECTION}.methods={entries!r} lists an entry twice")
     return methods, _layer_rules(section)
@@ -426,14 +518,14 @@ def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -
             shapes = jax.eval_shape(
                 lambda x: task.model.init(jax.random.key(0), x, train=False), task.sample
             )
-        for _, name, settings in methods:
+        for m in methods:
             cal.plan_compression(
                 task.model,
                 shapes,
                 task.sample,
-                method=name,
-                settings=settings,
-                layers=_method_rules(rules, name),
+                method=m.name,
+                settings=m.settings,
+                layers=_method_rules(rules, m.name),
                 field=SECTION,
                 layers_field=f"{SECTION}.layers",
             )
@@ -461,8 +553,22 @@ def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -
         }
     ]
     layer_tables = []
-    for entry, name, settings in methods:
+    skipped = [p for p, v in rules.items() if v == cal.SKIP]
+    for m in methods:
+        entry, name, settings = m.entry, m.name, m.settings
         t0 = time.perf_counter()
+        layer_rules = _method_rules(rules, name)
+        alloc = allocate(
+            model,
+            variables,
+            task.calibration,
+            m,
+            exclude=skipped,
+            allowed_bits=tuple(section.allowed_bits),
+            apply_kwargs={"train": False},
+        )
+        if alloc is not None:  # a layer's full path beats every pattern
+            layer_rules = {**layer_rules, **alloc.rules}
         new_variables, report = cal.compress_model(
             model,
             variables,
@@ -470,7 +576,7 @@ def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -
             method=name,
             settings=settings,
             sequential=section.sequential,
-            layers=_method_rules(rules, name),
+            layers=layer_rules,
             apply_kwargs={"train": False},
             field=SECTION,
             layers_field=f"{SECTION}.layers",
@@ -499,9 +605,14 @@ def run(config, workdir: str | None, *, dataset=None, overwrite: bool = False) -
                 "seconds": seconds,
                 "calibration_seconds": report.calibration_seconds,
                 "layers": [r._asdict() for r in report.layers],
+                "budget": m.budget,
+                "allocation": None if alloc is None else budgets.allocation_dict(alloc),
             }
         )
-        layer_tables.append(f"### {entry}\n\n" + cal.format_layer_table(report))
+        text = cal.format_layer_table(report)
+        if alloc is not None:
+            text = f"{m.budget} allocation:\n\n{budgets.format_allocation(alloc)}\n\n{text}"
+        layer_tables.append(f"### {entry}\n\n" + text)
     results = {
         "dataset": task.dataset,
         "model": task.model_name,
