@@ -307,6 +307,29 @@ def test_feature_loss_with_projection_matches_reference_and_trains_the_projectio
     assert float(loss(proj)) < 0.8 * float(first)
 
 
+def test_hidden_state_loss_per_position_matches_reference():
+    rng = np.random.default_rng(8)
+    s = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    t = rng.standard_normal((2, 5, 9)).astype(np.float32)
+    proj = kd.init_feature_projection(jax.random.key(1), 6, 9)
+    proj = proj._replace(bias=jnp.asarray(rng.standard_normal(9), jnp.float32))
+    p = s.astype(np.float64) @ np.asarray(proj.kernel) + np.asarray(proj.bias)
+    mse = kd.hidden_state_loss(s, t, kind="mse", projection=proj)
+    assert mse.shape == (2, 5)  # one loss per position
+    np.testing.assert_allclose(mse, ((p - t) ** 2).mean(-1), rtol=1e-5)
+    cos = (p * t).sum(-1) / (np.linalg.norm(p, axis=-1) * np.linalg.norm(t, axis=-1))
+    np.testing.assert_allclose(
+        kd.hidden_state_loss(s, t, kind="cosine", projection=proj), 1 - cos, rtol=1e-5, atol=1e-6
+    )
+    # cosine is scale free; both are zero for equal states
+    np.testing.assert_allclose(kd.hidden_state_loss(3 * t, t, kind="cosine"), 0, atol=1e-6)
+    np.testing.assert_array_equal(kd.hidden_state_loss(t, t, kind="mse"), 0)
+    with pytest.raises(ValueError, match="kind"):
+        kd.hidden_state_loss(t, t, kind="l1")
+    with pytest.raises(ValueError, match="pass projection= when the widths differ"):
+        kd.hidden_state_loss(s, t)
+
+
 def test_feature_loss_errors_name_the_argument():
     s, t = np.zeros((4, 6)), np.zeros((4, 9))
     with pytest.raises(ValueError, match=r"teacher_features has shape .*pass projection="):

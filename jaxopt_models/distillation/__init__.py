@@ -4,9 +4,11 @@ Pure functions over arrays and pytrees, the frozen ``Teacher`` and the per-examp
 factory; the teacher-student protocol that uses them is ``jaxopt_models.recipes.distill``.
 """
 
+from jaxopt_models.distillation.features import HIDDEN_STATE_LOSSES as HIDDEN_STATE_LOSSES
 from jaxopt_models.distillation.features import FeatureProjection as FeatureProjection
 from jaxopt_models.distillation.features import capture_features as capture_features
 from jaxopt_models.distillation.features import feature_loss as feature_loss
+from jaxopt_models.distillation.features import hidden_state_loss as hidden_state_loss
 from jaxopt_models.distillation.features import (
     init_feature_projection as init_feature_projection,
 )

@@ -2,7 +2,9 @@
 
 ``capture_features`` reads intermediate outputs of any Flax module through
 ``capture_intermediates``; ``feature_loss`` compares a student's features with a teacher's,
-through a learned linear ``FeatureProjection`` when their widths differ.
+through a learned linear ``FeatureProjection`` when their widths differ;
+``hidden_state_loss`` does the same per position (a transformer's hidden states, DistilBERT's
+cosine loss or TinyBERT's projected MSE).
 """
 
 from collections.abc import Callable, Sequence
@@ -10,9 +12,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import traverse_util
 
+from jaxopt_models.checks import check_one_of
 from jaxopt_models.typing import PyTree
+
+HIDDEN_STATE_LOSSES = ("mse", "cosine")
 
 
 class FeatureProjection(NamedTuple):
@@ -129,6 +135,47 @@ def feature_loss(
             f"{jnp.shape(s)}; they must be equal{hint}"
         )
     return jnp.mean(jnp.square(s - teacher_features), axis=tuple(range(1, jnp.ndim(s))))
+
+
+def hidden_state_loss(
+    student_hidden: jax.Array,
+    teacher_hidden: jax.Array,
+    *,
+    kind: str = "mse",
+    projection: FeatureProjection | None = None,
+) -> jax.Array:
+    """Per-position distance of (projected) student hidden states to the teacher's.
+
+    Args:
+      student_hidden: ``(..., D_s)`` student states (e.g. ``(B, T, D_s)`` block outputs).
+      teacher_hidden: ``(..., D_t)`` teacher states at the matching layer.
+      kind: ``"mse"``: ``mean_d (proj(s) - t)**2`` (TinyBERT); ``"cosine"``:
+        ``1 - cos(proj(s), t)`` over the last axis (DistilBERT; scale free).
+      projection: optional ``FeatureProjection`` ``D_s -> D_t``, required when the widths
+        differ (``init_feature_projection``); gradients reach its params.
+
+    Returns:
+      ``(...)`` losses, one per position; ``0`` where the (projected) states are equal
+      (for ``"cosine"``: parallel).
+
+    Raises:
+      ValueError: unknown ``kind``, or shapes that differ (after the projection).
+
+    Example:
+      >>> loss = hidden_state_loss(s_hidden, t_hidden, kind="cosine").mean()
+    """
+    check_one_of("kind", kind, HIDDEN_STATE_LOSSES)
+    s = student_hidden if projection is None else project_features(student_hidden, projection)
+    if jnp.ndim(s) < 1 or jnp.shape(s) != jnp.shape(teacher_hidden):
+        hint = "" if projection is not None else "; pass projection= when the widths differ"
+        raise ValueError(
+            f"teacher_hidden has shape {jnp.shape(teacher_hidden)} but the "
+            f"{'projected ' if projection is not None else ''}student_hidden have shape "
+            f"{jnp.shape(s)}; they must be equal{hint}"
+        )
+    if kind == "cosine":
+        return optax.cosine_distance(s, teacher_hidden, epsilon=1e-8)
+    return jnp.mean(jnp.square(s - teacher_hidden), axis=-1)
 
 
 def capture_features(

@@ -10,7 +10,8 @@ Sections:
   dataset, model, optimizer, augment, checkpoint, distributed: see :func:`base_config`.
   pruning: :func:`pruning_section` (training-time pruning with ``pruning.prune``).
   quantization: :func:`quantization_section` (quantization-aware training).
-  distillation: :func:`distillation_section` (teacher-student loss).
+  distillation: :func:`distillation_section` (teacher-student loss); the LM recipe's is
+    :func:`lm_distillation_section` (a teacher run, hidden states, the student's init).
   ptq: :func:`ptq_section` (post-training quantization).
   sharing: :func:`sharing_section` (k-means weight sharing).
 Per-layer values everywhere are ``layers = {pattern: value}`` under the one convention of
@@ -142,6 +143,40 @@ def distillation_section(**overrides: Any) -> ml_collections.ConfigDict:
     c.alpha = 0.9
     c.precompute_teacher = True
     c.teacher_batch_size = 1000
+    c.update(overrides)
+    return c
+
+
+def lm_distillation_section(**overrides: Any) -> ml_collections.ConfigDict:
+    """The LM recipe's ``distillation`` section: :func:`distillation_section`'s loss,
+    temperature and alpha (the teacher's logits are always computed inside the step, so
+    ``precompute_teacher`` and ``teacher_batch_size`` are not part of it), plus:
+
+    Fields:
+      teacher_dir: a finished LM run (``results.json``, ``variables.msgpack``,
+        ``tokenizer/``); ``None``: no teacher, the recipe trains the model alone.
+      alpha: weight of the per-token teacher term; ``0`` with ``hidden.loss="none"`` keeps
+        the teacher out of the step (plain cross-entropy: the "student alone" baseline of a
+        student initialised from the teacher).
+      hidden.loss: ``"none"``, ``"mse"`` or ``"cosine"``: a per-position loss between
+        student and teacher block outputs, through a learned linear projection when the
+        widths differ.
+      hidden.weight: its weight (added to the KD + CE loss).
+      hidden.layers: ``((student_block, teacher_block), ...)``; ``None``: student block ``i``
+        to teacher block ``(i + 1) * L_t // L_s - 1`` (the same relative depth; last to last).
+      student_init: ``"scratch"`` or ``"teacher_layers"`` (DistilBERT: the embeddings, the
+        final norm and the blocks ``teacher_layers`` copied from the teacher).
+      teacher_layers: the teacher's block indices, one per student block; ``None``: every
+        ``L_t // L_s``-th block from the first.
+    """
+    c = distillation_section()
+    del c.precompute_teacher, c.teacher_batch_size
+    c.teacher_dir = config_dict.placeholder(str)
+    c.hidden = ml_collections.ConfigDict(
+        {"loss": "none", "weight": 1.0, "layers": config_dict.placeholder(tuple)}
+    )
+    c.student_init = "scratch"
+    c.teacher_layers = config_dict.placeholder(tuple)
     c.update(overrides)
     return c
 

@@ -8,12 +8,22 @@ validation and test streams at the end, and generates samples with the KV cache.
 loss (nats per token), perplexity, bits per byte (comparable across tokenizers) and training
 tokens per second. Writes ``metrics.jsonl``, ``results.json``, ``variables.msgpack``, the
 tokenizer (``tokenizer/``), ``samples.txt`` and ``curves.png``.
+
+With ``distillation.teacher_dir`` (a finished LM run) the model is a student of that frozen
+teacher: per-token ``alpha * T² KL(teacher_T || student_T) + (1 - alpha) * CE`` with the
+teacher's logits computed inside the compiled step (the engine's ``target_fn``; the
+teacher's variables are a bound input, never in the optimizer state or the saved
+variables), optionally a hidden-state loss on block outputs (through a learned projection
+when the widths differ; it trains with the student and is not saved), and optionally the
+student initialised from a subset of the teacher's blocks (DistilBERT).
 """
 
+import functools
+import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,31 +34,48 @@ from ml_collections import config_dict
 
 from jaxopt_models import metrics
 from jaxopt_models.checks import check_one_of
-from jaxopt_models.data import get_text_dataset, lm_eval_batches, lm_train_batch
+from jaxopt_models.data import get_text_dataset, lm_eval_batches, lm_train_batch, load_tokenizer
+from jaxopt_models.distillation import (
+    HIDDEN_STATE_LOSSES,
+    FeatureProjection,
+    capture_features,
+    hidden_state_loss,
+    init_feature_projection,
+    make_distill_loss,
+)
 from jaxopt_models.models import LOGICAL_AXIS_RULES, generate, get_model, mesh_specs
 from jaxopt_models.recipes import build
 from jaxopt_models.recipes import config as schema
+from jaxopt_models.recipes.loading import is_lm_run
 from jaxopt_models.recipes.report import plot_curves
 from jaxopt_models.training import (
     PARALLEL_MODES,
     SHARDED_MODES,
     FitSettings,
+    apply_objective,
     atomic_write_bytes,
     atomic_write_json,
+    bind_extra,
     check_settings,
     count_params,
     create_train_state,
     fit,
     initialize_distributed,
+    load_variables,
     make_device_mesh,
     make_optimizer,
     make_train_step,
     save_variables,
 )
+from jaxopt_models.training.steps import step_rng
+from jaxopt_models.typing import PyTree
 
 RESULTS_FILE = "results.json"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TOKENIZERS = ("byte", "bpe")
+STUDENT_INITS = ("scratch", "teacher_layers")
+PROJECTION_KEY = "hidden_projection"
+"""The top-level params key of the hidden-state projection (trained, never saved)."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -58,7 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
       dataset.name: ``"python_stdlib"`` (always present), ``"bible_kjv"`` or
         ``"python_docs"``; dataset.tokenizer: ``"byte"`` or ``"bpe"`` (trained on the training
         split, ``vocab_size``); val_fraction / test_fraction (of documents); max_bytes (keep
-        about this much text, quick runs); data_dir.
+        about this much text, quick runs); data_dir; split_seed: seed of the document split
+        and of the BPE sample (``None``: ``seed``; set it to vary ``seed`` over the same
+        held-out documents).
       model.*: ``models.get_model(name, **rest)`` with ``vocab_size`` from the tokenizer
         and ``max_len = context`` unless set; ``dtype``: ``"float32"`` or ``"bfloat16"``
         compute (params stay float32).
@@ -81,6 +110,10 @@ def default_config() -> ml_collections.ConfigDict:
         ``tensor`` > 1 is FSDP plus tensor parallelism; ``"tensor"`` with ``data`` > 1 is
         data plus tensor parallelism. ``num_heads``, ``num_kv_heads`` and ``mlp_dim`` must
         be multiples of ``mesh.tensor``, ``batch_size`` of ``mesh.data``.
+      distillation: ``config.lm_distillation_section()``: ``teacher_dir`` (``None``: off),
+        loss / temperature / alpha, ``hidden.*`` (hidden-state loss), ``student_init`` and
+        ``teacher_layers``. The teacher must share the tokenizer, its vocabulary and the
+        document split (dataset name, fractions, split seed) with the student.
     """
     c = schema.base_config()
     for key in ("dataset", "num_epochs", "label_smoothing", "augment", "log_every_epochs"):
@@ -93,6 +126,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset.test_fraction = 0.05
     c.dataset.max_bytes = config_dict.placeholder(int)
     c.dataset.data_dir = config_dict.placeholder(str)
+    c.dataset.split_seed = config_dict.placeholder(int)
     c.model = ml_collections.ConfigDict(
         {
             "name": "gpt",
@@ -124,7 +158,14 @@ def default_config() -> ml_collections.ConfigDict:
         {"prompt": "", "max_new_tokens": 200, "temperature": 0.8, "top_k": 40, "num_samples": 2}
     )
     c.mesh = ml_collections.ConfigDict({"data": -1, "tensor": 1})
+    c.distillation = schema.lm_distillation_section(temperature=1.0, alpha=0.9)
     return c
+
+
+def split_seed(config) -> int:
+    """The seed of the document split: ``dataset.split_seed``, else ``seed``."""
+    d = config.dataset
+    return config.seed if d.get("split_seed") is None else d.split_seed
 
 
 def model_kwargs(config, vocab_size: int) -> dict[str, Any]:
@@ -202,6 +243,9 @@ def check(config) -> None:
         )
     if config.eval_max_batches is not None:
         build.check_int(config.eval_max_batches, "eval_max_batches")
+    if d.split_seed is not None:
+        build.check_int(d.split_seed, "dataset.split_seed", 0)
+    check_distillation(config.distillation)
     if build.qat_model_kwargs(config.quantization):
         raise ValueError(
             f"config.quantization.act_bits={config.quantization.act_bits!r}: activation "
@@ -302,6 +346,411 @@ def param_specs(parallel: str, model, sample: np.ndarray, data: int, tensor: int
     return mesh_specs(model, sample, mesh_axes, rules)
 
 
+# ----------------------------------------------------------------------------- distillation
+
+
+def _int_tuple(value: Any, field: str, length: int) -> tuple:
+    """``value`` as a tuple of ``length``-tuples (``length=0``: of ints) of ints >= 0."""
+    ok = isinstance(value, (tuple, list)) and len(value) > 0
+    items = []
+    for item in value if ok else ():
+        parts = item if length else (item,)
+        ok = ok and isinstance(parts, (tuple, list)) and len(parts) == (length or 1)
+        ok = ok and all(not isinstance(i, bool) and isinstance(i, int) and i >= 0 for i in parts)
+        items.append(tuple(parts) if length else item)
+    if not ok:
+        what = f"({', '.join(['int'] * length)}) pairs" if length else "ints"
+        raise ValueError(f"config.{field}={value!r} must be a non-empty tuple of {what} >= 0")
+    return tuple(items)
+
+
+def check_distillation(section) -> None:
+    """Checks a ``distillation`` section's fields (the teacher itself: ``check_teacher``)."""
+    check_one_of("config.distillation.loss", section.loss, ("kl", "mse"))
+    try:
+        make_distill_loss(section.loss, temperature=section.temperature, alpha=section.alpha)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config.distillation: {e}") from None
+    h = section.hidden
+    check_one_of("config.distillation.hidden.loss", h.loss, ("none", *HIDDEN_STATE_LOSSES))
+    w = h.weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < math.inf):
+        raise ValueError(f"config.distillation.hidden.weight={w!r} must be a finite number >= 0")
+    check_one_of("config.distillation.student_init", section.student_init, STUDENT_INITS)
+    if h.layers is not None:
+        _int_tuple(h.layers, "distillation.hidden.layers", 2)
+        if h.loss == "none":
+            raise ValueError(
+                f"config.distillation.hidden.layers={h.layers!r} is set but "
+                "config.distillation.hidden.loss='none' would not read it"
+            )
+    if section.teacher_layers is not None:
+        _int_tuple(section.teacher_layers, "distillation.teacher_layers", 0)
+        if section.student_init != "teacher_layers":
+            raise ValueError(
+                f"config.distillation.teacher_layers={section.teacher_layers!r} is set but "
+                f"config.distillation.student_init={section.student_init!r} would not read it"
+            )
+    if section.teacher_dir is None:
+        for field, value, off in (
+            ("student_init", section.student_init, "scratch"),
+            ("hidden.loss", h.loss, "none"),
+        ):
+            if value != off:
+                raise ValueError(
+                    f"config.distillation.{field}={value!r} needs a teacher: set "
+                    "config.distillation.teacher_dir to a finished LM run"
+                )
+
+
+class LMTeacher(NamedTuple):
+    """A finished LM run, frozen: the teacher of ``distillation.teacher_dir``.
+
+    Attributes:
+      model: its ``CausalLM``.
+      variables: its variables (NumPy arrays, read only: never donated or updated).
+      config: its resolved config (from ``results.json``).
+      results: its ``results.json``.
+      tokenizer: its saved tokenizer (``None`` when the run saved none).
+      directory: the run's directory.
+    """
+
+    model: Any
+    variables: PyTree
+    config: ml_collections.ConfigDict
+    results: dict[str, Any]
+    tokenizer: Any
+    directory: str
+
+    def apply(self, variables: PyTree, tokens: jax.Array, **kwargs: Any) -> Any:
+        """The teacher's forward pass (its weight QAT, if it trained with one, applied)."""
+        params_fn = build.qat_params_fn(self.config.get("quantization"))
+        if params_fn is not None:
+            variables = {**variables, "params": params_fn(variables["params"])}
+        return self.model.apply(variables, tokens, **kwargs)
+
+
+def load_teacher(teacher_dir: str) -> LMTeacher:
+    """Loads a finished LM run (``results.json``, ``variables.msgpack``) as a teacher.
+
+    Raises:
+      FileNotFoundError / ValueError: not a finished LM run (naming
+        ``config.distillation.teacher_dir``).
+
+    Example:
+      >>> teacher = load_teacher("runs/lm_bible")
+      >>> logits = teacher.apply(teacher.variables, tokens, train=False)
+    """
+    field = "config.distillation.teacher_dir"
+    build.check_saved_run(teacher_dir, field, files=(RESULTS_FILE, "variables.msgpack"))
+    with open(os.path.join(teacher_dir, RESULTS_FILE)) as f:
+        results = json.load(f)
+    if not is_lm_run(results):
+        raise ValueError(
+            f"{field}={teacher_dir!r} holds a {results.get('model', 'classifier')!r} run, not "
+            "a language-model run of recipes.lm"
+        )
+    config = ml_collections.ConfigDict(results["config"])
+    model = get_model(config.model.name, **model_kwargs(config, int(results["vocab_size"])))
+    sample = np.zeros((1, config.context), np.int32)
+    template = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(sample)
+    variables = load_variables(teacher_dir, template)
+    tok_dir = os.path.join(teacher_dir, "tokenizer")
+    tokenizer = load_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
+    return LMTeacher(model, variables, config, results, tokenizer, teacher_dir)
+
+
+_COPIED_FIELDS = (
+    "embed_dim",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "positions",
+    "norm",
+    "mlp",
+    "use_bias",
+)
+
+
+def check_teacher(config, student, teacher: LMTeacher) -> None:
+    """Refuses a teacher the student cannot learn from, before any data or training.
+
+    Same tokenizer and vocabulary, same document split (so the teacher never trained on the
+    student's validation or test documents), a context the teacher can read, and for
+    ``student_init="teacher_layers"`` blocks of the same shapes.
+
+    Raises:
+      ValueError: naming the student's field and both values.
+    """
+    tc, where = teacher.config, f"the teacher's ({teacher.directory})"
+    d, td = config.dataset, tc.dataset
+
+    def differs(field: str, mine: Any, theirs: Any, why: str) -> None:
+        if mine != theirs:
+            raise ValueError(f"config.{field}={mine!r} differs from {where} {theirs!r}: {why}")
+
+    same_vocab = "teacher and student must share the tokenizer and its vocabulary"
+    differs("dataset.tokenizer", d.tokenizer, td.tokenizer, same_vocab)
+    if d.tokenizer == "bpe":
+        differs("dataset.vocab_size", d.vocab_size, td.vocab_size, same_vocab)
+    differs("model.vocab_size", student.vocab_size, teacher.model.vocab_size, same_vocab)
+    same_split = "the student's held-out documents must be the teacher's"
+    for key in ("name", "val_fraction", "test_fraction"):
+        differs(f"dataset.{key}", d[key], td[key], same_split)
+    differs("dataset.split_seed", split_seed(config), split_seed(tc), same_split)
+    if config.context > teacher.model.max_len:
+        raise ValueError(
+            f"config.context={config.context} is longer than {where} max_len="
+            f"{teacher.model.max_len}: the teacher cannot score such windows"
+        )
+    s_cfg, t_cfg = student.config, teacher.model.config
+    section = config.distillation
+    if section.student_init == "teacher_layers":
+        why = "student_init='teacher_layers' copies the teacher's blocks, so they must match"
+        for field in _COPIED_FIELDS:
+            differs(f"model.{field}", getattr(s_cfg, field), getattr(t_cfg, field), why)
+        differs("model.tie_embeddings", student.tie_embeddings, teacher.model.tie_embeddings, why)
+        if s_cfg.positions == "learned":
+            differs("model.max_len", s_cfg.max_len, t_cfg.max_len, why)
+        layers = teacher_layers(section, s_cfg.num_layers, t_cfg.num_layers)
+        if len(layers) != s_cfg.num_layers or max(layers) >= t_cfg.num_layers:
+            raise ValueError(
+                f"config.distillation.teacher_layers={layers!r} must name one teacher block "
+                f"in [0, {t_cfg.num_layers}) per student block (config.model.num_layers="
+                f"{s_cfg.num_layers})"
+            )
+    if section.hidden.loss != "none":
+        for s, t in hidden_pairs(section, s_cfg.num_layers, t_cfg.num_layers):
+            if s >= s_cfg.num_layers or t >= t_cfg.num_layers:
+                raise ValueError(
+                    f"config.distillation.hidden.layers pairs ({s}, {t}): student blocks are "
+                    f"[0, {s_cfg.num_layers}) and teacher blocks [0, {t_cfg.num_layers})"
+                )
+        if s_cfg.embed_dim != t_cfg.embed_dim:
+            if build.pruning_enabled(config.pruning) or config.parallel in SHARDED_MODES:
+                raise ValueError(
+                    "config.distillation.hidden with a projection (student width "
+                    f"{s_cfg.embed_dim} != teacher width {t_cfg.embed_dim}) is not combined "
+                    f"with config.pruning or config.parallel in {SHARDED_MODES}"
+                )
+
+
+def teacher_layers(section, student_layers: int, num_teacher_layers: int) -> tuple[int, ...]:
+    """The teacher block each student block is copied from (``student_init``)."""
+    if section.teacher_layers is not None:
+        return tuple(section.teacher_layers)
+    return tuple(i * num_teacher_layers // student_layers for i in range(student_layers))
+
+
+def hidden_pairs(section, student_layers: int, num_teacher_layers: int) -> tuple:
+    """``((student_block, teacher_block), ...)`` of the hidden-state loss.
+
+    By default student block ``i`` matches the output of teacher block
+    ``(i + 1) * L_t // L_s - 1``: the residual stream at the same relative depth, the last
+    block the teacher's last (both feed the final norm and the head).
+    """
+    if section.hidden.layers is not None:
+        return tuple(tuple(p) for p in section.hidden.layers)
+    return tuple(
+        (i, max((i + 1) * num_teacher_layers // student_layers - 1, 0))
+        for i in range(student_layers)
+    )
+
+
+def init_from_teacher_layers(params: PyTree, teacher_params: PyTree, layers) -> PyTree:
+    """The student's params with the teacher's embeddings, final norm, head and blocks.
+
+    Student block ``i`` becomes a copy of teacher block ``layers[i]``; every other entry
+    (``embed``, ``pos_embed``, ``final_norm``, ``lm_head``) is copied by name. The copies
+    are fresh arrays, so donating the student's state never touches the teacher.
+
+    Raises:
+      ValueError: a copied entry whose shapes differ.
+
+    Example:
+      >>> params = init_from_teacher_layers(state.params, teacher.variables["params"], (0, 2))
+    """
+    out = {}
+    for name, value in params.items():
+        source = f"block_{layers[int(name[6:])]}" if name.startswith("block_") else name
+        theirs = teacher_params[source]
+        mine_shapes = jax.tree.map(np.shape, value)
+        if jax.tree.map(np.shape, theirs) != mine_shapes:
+            raise ValueError(
+                f"the teacher's {source} does not fit the student's {name}: shapes "
+                f"{jax.tree.map(np.shape, theirs)} vs {mine_shapes}"
+            )
+        out[name] = jax.tree.map(lambda m, t: jnp.array(t, dtype=m.dtype, copy=True), value, theirs)
+    return out
+
+
+def student_params(params: PyTree) -> PyTree:
+    """The model's params: ``params`` without the hidden-state projection."""
+    if PROJECTION_KEY not in params:
+        return params
+    return {k: v for k, v in params.items() if k != PROJECTION_KEY}
+
+
+def hidden_distill_step(
+    state,
+    batch,
+    teacher_variables: PyTree,
+    *,
+    teacher_apply,
+    loss_fn,
+    pairs: tuple,
+    kind: str,
+    weight: float,
+    params_fn=None,
+    axis_name: str | None = None,
+):
+    """One student update on the per-token KD + CE loss plus ``weight`` x the hidden-state loss.
+
+    The teacher's logits and block outputs are computed here, under ``stop_gradient``, from
+    its variables (a frozen input); the student's block outputs come from Flax's
+    ``capture_intermediates``. ``state.params`` may hold the projection under
+    ``PROJECTION_KEY`` (trained with the student).
+
+    Returns:
+      ``(new_state, {"loss", "accuracy"})`` as ``training.train_step``.
+    """
+    rng = step_rng(state, axis_name)
+    tokens, targets = batch["tokens"], batch["targets"]
+    t_names = sorted({f"block_{t}" for _, t in pairs})
+    s_names = sorted({f"block_{s}" for s, _ in pairs})
+    t_logits, t_hidden, _ = capture_features(
+        teacher_apply, teacher_variables, tokens, t_names, train=False
+    )
+    t_logits, t_hidden = jax.lax.stop_gradient((t_logits, t_hidden))
+
+    def objective(params):
+        proj = params.get(PROJECTION_KEY)
+        p = student_params(params)
+        p = p if params_fn is None else params_fn(p)
+        logits, s_hidden, _ = capture_features(
+            state.apply_fn,
+            {"params": p, **state.model_state},
+            tokens,
+            s_names,
+            train=True,
+            rngs={"dropout": rng},
+        )
+        projection = None if proj is None else FeatureProjection(**proj)
+        hidden = [
+            hidden_state_loss(
+                s_hidden[f"block_{s}"].astype(jnp.float32),
+                t_hidden[f"block_{t}"].astype(jnp.float32),
+                kind=kind,
+                projection=projection,
+            ).mean()
+            for s, t in pairs
+        ]
+        loss = loss_fn(logits, t_logits, targets).mean() + weight * sum(hidden) / len(hidden)
+        return loss, (logits, state.model_state)
+
+    return apply_objective(state, objective, targets, axis_name=axis_name)
+
+
+def _distill_step(config, teacher: LMTeacher, params_fn, student_layers: int, layout):
+    """The compiled student step of ``config.distillation`` (teacher bound as an input)."""
+    section = config.distillation
+    loss_fn = make_distill_loss(section.loss, temperature=section.temperature, alpha=section.alpha)
+    common = {"parallel": config.parallel, "skip_nonfinite": config.nan_policy == "skip", **layout}
+    if section.hidden.loss == "none":
+        step = make_train_step(
+            loss_fn=loss_fn,
+            params_fn=params_fn,
+            target_fn=lambda x, batch, tv: teacher.apply(tv, x, train=False),
+            input_key="tokens",
+            label_key="targets",
+            **common,
+        )
+    else:
+        num_t = teacher.model.config.num_layers
+        step_fn = functools.partial(
+            hidden_distill_step,
+            teacher_apply=teacher.apply,
+            loss_fn=loss_fn,
+            pairs=hidden_pairs(section, student_layers, num_t),
+            kind=section.hidden.loss,
+            weight=float(section.hidden.weight),
+            params_fn=params_fn,
+        )
+        step = make_train_step(step_fn, **common)
+    return bind_extra(step, teacher.variables)
+
+
+def teacher_in_step(section) -> bool:
+    """Whether the teacher's outputs enter the loss (``alpha > 0`` or a hidden-state loss)."""
+    return section.teacher_dir is not None and (section.alpha > 0 or section.hidden.loss != "none")
+
+
+def _distillation_state(config, state, model, teacher: LMTeacher, tx):
+    """``state`` with the student's init from the teacher's blocks and the projection."""
+    section = config.distillation
+    params = state.params
+    s_cfg, t_cfg = model.config, teacher.model.config
+    if section.student_init == "teacher_layers":
+        layers = teacher_layers(section, s_cfg.num_layers, t_cfg.num_layers)
+        params = init_from_teacher_layers(params, teacher.variables["params"], layers)
+    if section.hidden.loss != "none" and s_cfg.embed_dim != t_cfg.embed_dim:
+        key = jax.random.fold_in(jax.random.key(config.seed), 0x70726F6A)
+        proj = init_feature_projection(key, s_cfg.embed_dim, t_cfg.embed_dim)
+        params = {**params, PROJECTION_KEY: proj._asdict()}
+    if params is state.params:
+        return state
+    return state.replace(params=params, opt_state=tx.init(params))
+
+
+def _without_projection(params_fn):
+    """``params_fn`` (or the identity) applied to the params without the projection."""
+    if params_fn is None:
+        return student_params
+    return lambda params: params_fn(student_params(params))
+
+
+def _check_same_tokens(ds, model, teacher: LMTeacher) -> None:
+    """Refuses a student whose tokens are not the teacher's (vocabulary, tokenizer)."""
+    where = f"the teacher's ({teacher.directory})"
+    if model.vocab_size != teacher.model.vocab_size:
+        raise ValueError(
+            f"the student's vocabulary has {model.vocab_size} ids (config.dataset.tokenizer="
+            f"{teacher.config.dataset.tokenizer!r}, config.dataset.vocab_size) but {where} has "
+            f"{teacher.model.vocab_size}: teacher and student must share the vocabulary"
+        )
+    if teacher.tokenizer is not None and ds.tokenizer != teacher.tokenizer:
+        raise ValueError(
+            f"the student's tokenizer {ds.tokenizer!r} (config.dataset.tokenizer, trained on "
+            f"its training split) differs from {where} {teacher.tokenizer!r}: teacher and "
+            "student must map text to the same ids"
+        )
+
+
+def _distillation_report(config, model, params, teacher: LMTeacher) -> dict[str, Any]:
+    """What ``results.json`` records of the teacher and the distillation."""
+    section = config.distillation
+    r = teacher.results
+    proj = params.get(PROJECTION_KEY)
+    num_s, num_t = model.config.num_layers, teacher.model.config.num_layers
+    copied = section.student_init == "teacher_layers"
+    return {
+        **section.to_dict(),
+        "teacher_in_step": teacher_in_step(section),
+        "copied_blocks": list(teacher_layers(section, num_s, num_t)) if copied else None,
+        "hidden_pairs": [list(p) for p in hidden_pairs(section, num_s, num_t)]
+        if section.hidden.loss != "none"
+        else None,
+        "teacher": {
+            "params": count_params(teacher.variables["params"]),
+            "num_layers": teacher.model.config.num_layers,
+            "embed_dim": teacher.model.config.embed_dim,
+            **{k: r.get(k) for k in ("val_bits_per_byte", "test_bits_per_byte", "val_loss")},
+        },
+        "projection_params": 0 if proj is None else count_params(proj),
+    }
+
+
 def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, dict[str, Any]]:
     """Trains, evaluates and samples; returns ``(final_state, results)``.
 
@@ -312,6 +761,12 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, d
     """
     with build.config_errors():
         check(config)
+        section = config.distillation
+        teacher = None
+        if section.teacher_dir is not None:  # every teacher check before the data is read
+            teacher = load_teacher(section.teacher_dir)
+            student = get_model(config.model.name, **model_kwargs(config, teacher.model.vocab_size))
+            check_teacher(config, student, teacher)
         build.prepare_workdir(
             workdir, overwrite=overwrite, resume=config.resume, marker=RESULTS_FILE
         )
@@ -321,13 +776,15 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, d
             d.name,
             tokenizer=d.tokenizer,
             vocab_size=d.vocab_size,
-            seed=config.seed,
+            seed=split_seed(config),
             val_fraction=d.val_fraction,
             test_fraction=d.test_fraction,
             max_bytes=d.max_bytes,
             data_dir=d.data_dir,
         )
         model = get_model(config.model.name, **model_kwargs(config, ds.vocab_size))
+        if teacher is not None:
+            _check_same_tokens(ds, model, teacher)
         k = config.grad_accum_steps
         micro_steps = config.num_steps * k
         lm_train_batch(ds.train, config.batch_size, config.context, seed=config.seed, step=0)
@@ -366,15 +823,22 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, d
             )
         )
     state = create_train_state(model, jax.random.key(config.seed), sample, tx)
-    step = make_train_step(
-        loss_fn=lm_loss,
-        params_fn=params_fn,
-        input_key="tokens",
-        label_key="targets",
-        parallel=config.parallel,
-        skip_nonfinite=config.nan_policy == "skip",
-        **layout,
-    )
+    if teacher is not None:
+        state = _distillation_state(config, state, model, teacher, tx)
+    if teacher is not None and teacher_in_step(section):
+        step = _distill_step(config, teacher, params_fn, model.config.num_layers, layout)
+    else:
+        step = make_train_step(
+            loss_fn=lm_loss,
+            params_fn=params_fn,
+            input_key="tokens",
+            label_key="targets",
+            parallel=config.parallel,
+            skip_nonfinite=config.nan_policy == "skip",
+            **layout,
+        )
+    if PROJECTION_KEY in state.params:  # the model reads its own params only
+        params_fn = _without_projection(params_fn)
     spe = settings.steps_per_epoch
 
     def batches(epoch: int, start: int):
@@ -401,7 +865,7 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, d
         "tokenizer": config.dataset.tokenizer,
         "vocab_size": ds.vocab_size,
         "model": config.model.name,
-        "params": count_params(final.params),
+        "params": count_params(student_params(final.params)),
         "num_tokens": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
         "num_bytes": ds.num_bytes,
         **{f"val_{k}": v for k, v in val.items()},
@@ -415,9 +879,11 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, d
     }
     if build.pruning_enabled(config.pruning):
         results["pruning"] = build.pruning_report(final.params, final.opt_state, config.pruning)
+    if teacher is not None:
+        results["distillation"] = _distillation_report(config, model, final.params, teacher)
     if workdir is not None and jax.process_index() == 0:
-        if config.save_model:
-            save_variables(workdir, final.variables)
+        if config.save_model:  # the model's variables only: no projection, no teacher
+            save_variables(workdir, {"params": student_params(final.params), **final.model_state})
         ds.tokenizer.save(os.path.join(workdir, "tokenizer"))
         text = "\n\n---\n\n".join(samples)
         atomic_write_bytes(os.path.join(workdir, "samples.txt"), text.encode())

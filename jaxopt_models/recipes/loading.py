@@ -94,7 +94,7 @@ def load_lm(workdir: str) -> TrainedLM:
     """
     from jaxopt_models.data import get_text_dataset, load_tokenizer
     from jaxopt_models.models import get_model
-    from jaxopt_models.recipes.lm import model_kwargs
+    from jaxopt_models.recipes.lm import model_kwargs, split_seed
 
     results = _read_results(workdir)
     if not is_lm_run(results):
@@ -108,7 +108,7 @@ def load_lm(workdir: str) -> TrainedLM:
     ds = get_text_dataset(
         d.name,
         tokenizer=tokenizer,
-        seed=config.seed,
+        seed=split_seed(config),
         val_fraction=d.val_fraction,
         test_fraction=d.test_fraction,
         max_bytes=d.max_bytes,
