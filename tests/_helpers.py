@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -197,3 +198,18 @@ def train_tiny_lm(workdir: str, *, steps: int = 60) -> str:
     c.generate.num_samples = 0
     lm.run(c, workdir)
     return workdir
+
+
+def np_init(model, x, seed):
+    """Variables of ``model`` with He-normal kernels and small biases drawn by NumPy
+    (compiling jax.random's samplers costs seconds of CPU)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+
+    def draw(leaf):
+        if len(leaf.shape) == 1:
+            return np.asarray(0.1 * rng.standard_normal(leaf.shape), np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1]))
+        return np.asarray(rng.standard_normal(leaf.shape) * np.sqrt(2 / fan_in), np.float32)
+
+    return nn.meta.unbox(jax.tree.map(draw, nn.meta.unbox(shapes)))

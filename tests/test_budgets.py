@@ -6,11 +6,10 @@ before any measurement, and the printed / saved report."""
 import itertools
 import json
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from _helpers import use_compilation_cache
+from _helpers import np_init, use_compilation_cache
 
 from jaxopt_models import quantization as qz
 from jaxopt_models.models import (
@@ -36,20 +35,6 @@ from jaxopt_models.models.transformer import CausalLM
 from jaxopt_models.tree import best_rule
 
 use_compilation_cache()
-
-
-def np_init(model, x, seed):
-    """Variables of ``model`` drawn by NumPy (compiling jax.random costs seconds of CPU)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-
-    def draw(leaf):
-        if len(leaf.shape) == 1:
-            return np.asarray(0.1 * rng.standard_normal(leaf.shape), np.float32)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return np.asarray(rng.standard_normal(leaf.shape) * np.sqrt(2 / fan_in), np.float32)
-
-    return nn.meta.unbox(jax.tree.map(draw, nn.meta.unbox(shapes)))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import use_compilation_cache
+from _helpers import np_init, use_compilation_cache
 
 from jaxopt_models import quantization as qz
 from jaxopt_models.models import (
@@ -29,20 +29,6 @@ from jaxopt_models.models.transformer import HeadProjection, TransformerConfig
 # Inputs and weights come from NumPy: compiling jax.random's samplers costs seconds of CPU.
 
 use_compilation_cache()
-
-
-def np_init(model, x, seed):
-    """Variables of ``model`` with He-normal kernels and small biases drawn by NumPy."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-
-    def draw(leaf):
-        if len(leaf.shape) == 1:
-            return jnp.asarray(0.1 * rng.standard_normal(leaf.shape), jnp.float32)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return jnp.asarray(rng.standard_normal(leaf.shape) * np.sqrt(2 / fan_in), jnp.float32)
-
-    return nn.meta.unbox(jax.tree.map(draw, nn.meta.unbox(shapes)))
 
 
 class Mixed(nn.Module):

@@ -168,6 +168,23 @@ def split_seed(config) -> int:
     return config.seed if d.get("split_seed") is None else d.split_seed
 
 
+def load_text(config, tokenizer=None):
+    """The run's corpus split by document and tokenized (``data.get_text_dataset`` with
+    ``config.dataset``); ``tokenizer`` (e.g. one a run saved) replaces
+    ``dataset.tokenizer``."""
+    d = config.dataset
+    return get_text_dataset(
+        d.name,
+        tokenizer=d.tokenizer if tokenizer is None else tokenizer,
+        vocab_size=d.vocab_size,
+        seed=split_seed(config),
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        max_bytes=d.max_bytes,
+        data_dir=d.data_dir,
+    )
+
+
 def model_kwargs(config, vocab_size: int) -> dict[str, Any]:
     """``get_model`` keyword arguments of ``config.model`` (dtype names resolved)."""
     kwargs = {k: v for k, v in config.model.items() if k != "name" and v is not None}
@@ -771,17 +788,7 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> tuple[Any, d
             workdir, overwrite=overwrite, resume=config.resume, marker=RESULTS_FILE
         )
         initialize_distributed(config)
-        d = config.dataset
-        ds = get_text_dataset(
-            d.name,
-            tokenizer=d.tokenizer,
-            vocab_size=d.vocab_size,
-            seed=split_seed(config),
-            val_fraction=d.val_fraction,
-            test_fraction=d.test_fraction,
-            max_bytes=d.max_bytes,
-            data_dir=d.data_dir,
-        )
+        ds = load_text(config)
         model = get_model(config.model.name, **model_kwargs(config, ds.vocab_size))
         if teacher is not None:
             _check_same_tokens(ds, model, teacher)

@@ -92,9 +92,9 @@ def load_lm(workdir: str) -> TrainedLM:
       >>> lm = load_lm("runs/lm_bible")
       >>> logits = lm.model.apply(lm.variables, lm.dataset.val[None, :128], train=False)
     """
-    from jaxopt_models.data import get_text_dataset, load_tokenizer
+    from jaxopt_models.data import load_tokenizer
     from jaxopt_models.models import get_model
-    from jaxopt_models.recipes.lm import model_kwargs, split_seed
+    from jaxopt_models.recipes.lm import load_text, model_kwargs
 
     results = _read_results(workdir)
     if not is_lm_run(results):
@@ -103,17 +103,7 @@ def load_lm(workdir: str) -> TrainedLM:
             "model run of recipes.lm"
         )
     config = ml_collections.ConfigDict(results["config"])
-    d = config.dataset
-    tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
-    ds = get_text_dataset(
-        d.name,
-        tokenizer=tokenizer,
-        seed=split_seed(config),
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        max_bytes=d.max_bytes,
-        data_dir=d.data_dir,
-    )
+    ds = load_text(config, load_tokenizer(os.path.join(workdir, "tokenizer")))
     model = get_model(config.model.name, **model_kwargs(config, ds.vocab_size))
     sample = np.zeros((1, config.context), np.int32)
     template = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), sample)
