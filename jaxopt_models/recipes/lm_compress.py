@@ -20,7 +20,6 @@ Writes ``results.json``, ``table.md``, ``model.jxcf`` and ``perplexity_vs_bytes.
 """
 
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -32,7 +31,7 @@ from ml_collections import config_dict
 
 from jaxopt_models import quantization as qz
 from jaxopt_models.checks import check_one_of
-from jaxopt_models.compression import load_compressed, save_compressed
+from jaxopt_models.compression import decode_compressed, encode_compressed, load_compressed
 from jaxopt_models.data import lm_eval_batches, lm_train_batch
 from jaxopt_models.models import budgets
 from jaxopt_models.models import calibration as cal
@@ -42,7 +41,7 @@ from jaxopt_models.recipes import build, one_shot
 from jaxopt_models.recipes.lm import make_lm_eval
 from jaxopt_models.recipes.loading import load_lm
 from jaxopt_models.recipes.report import markdown_table, pareto_front
-from jaxopt_models.training import atomic_write_json, count_params
+from jaxopt_models.training import atomic_write_bytes, atomic_write_json, count_params
 
 RESULTS_FILE = "results.json"
 MODEL_FILE = "model.jxcf"
@@ -246,12 +245,10 @@ def _set(tree, keys, value):
     return {**tree, keys[0]: _set(tree[keys[0]], keys[1:], value)}
 
 
-def _file_bytes(params, quantized, huffman: bool, directory: str | None) -> tuple[int, str]:
-    """Writes ``params`` (float weights) with ``quantized`` records; returns (bytes, path)."""
-    target = directory or tempfile.mkdtemp(prefix="lm_compress_")
-    path = os.path.join(target, MODEL_FILE)
-    save_compressed(path, params, quantized=quantized, huffman=huffman)
-    return os.path.getsize(path), path
+def _file_bytes(params, quantized, huffman: bool) -> int:
+    """Bytes of the compressed file of ``params`` with ``quantized`` records (encoded in
+    memory, nothing written)."""
+    return len(encode_compressed(params, quantized=quantized, huffman=huffman))
 
 
 def _decode_speed(model, params, prompt, new_tokens: int, rounds: int) -> float:
@@ -326,24 +323,24 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> dict[str, An
     first = next(lm_eval_batches(ds.val, bs, context))["tokens"]
     dec = config.decode
     prompt = jnp.asarray(ds.val[None, : dec.prompt_tokens], jnp.int32)
-    out_dir = None if workdir is None else workdir
+    kw = {"apply_kwargs": {"train": False}, "layers_field": "config.layers"}
 
-    def scores(params) -> dict[str, float]:
-        out = {}
+    def row(stage, params, *, bytes_, seconds, lm=target, decode_params=None, **extra):
+        """One stage's row; ``lm`` is the run whose model the params belong to (the
+        dense source or the model being compressed)."""
+        score = scorer if lm is target else make_lm_eval(lm.model, None, bs, lm.config.context)
+        scores = {}
         for split in ("val", "test"):
-            r = scorer(params, getattr(ds, split), ds.tokenizer)
-            out.update({f"{split}_{k}": v for k, v in r.items() if k != "tokens"})
-        return out
-
-    def row(stage, params, *, bytes_, seconds, decode_params=None, **extra):
+            r = score(params, getattr(lm.dataset, split), lm.dataset.tokenizer)
+            scores.update({f"{split}_{k}": v for k, v in r.items() if k != "tokens"})
         r = {
             "stage": stage,
-            **scores(params),
+            **scores,
             "params": count_params(params),
             "nonzeros": _nonzeros(params),
             "bytes": int(bytes_),
             "decode_tokens_per_second": _decode_speed(
-                model,
+                lm.model,
                 params if decode_params is None else decode_params,
                 prompt,
                 dec.new_tokens,
@@ -358,30 +355,12 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> dict[str, An
         )
         return r
 
-    stages = []
     dense_params = jax.device_get(source.variables["params"])
-    dense_bytes, _ = _file_bytes(dense_params, None, config.huffman, None)
-    src_scorer = make_lm_eval(source.model, None, bs, source.config.context)
-    dense_scores = {}
-    for split in ("val", "test"):
-        r = src_scorer(dense_params, getattr(source.dataset, split), source.dataset.tokenizer)
-        dense_scores.update({f"{split}_{k}": v for k, v in r.items() if k != "tokens"})
-    stages.append(
-        {
-            "stage": "dense",
-            **dense_scores,
-            "params": count_params(dense_params),
-            "nonzeros": _nonzeros(dense_params),
-            "bytes": dense_bytes,
-            "decode_tokens_per_second": _decode_speed(
-                source.model, dense_params, prompt, dec.new_tokens, dec.rounds
-            ),
-            "seconds": 0.0,
-        }
-    )
+    dense_bytes = _file_bytes(dense_params, None, config.huffman)
+    stages = [row("dense", dense_params, bytes_=dense_bytes, seconds=0.0, lm=source)]
     current = variables
     if student is not None:
-        b, _ = _file_bytes(variables["params"], None, config.huffman, None)
+        b = _file_bytes(variables["params"], None, config.huffman)
         stages.append(row("student", variables["params"], bytes_=b, seconds=0.0))
     allocations: dict[str, Any] = {}
     prune_rules: dict[str, Any] = {}
@@ -394,18 +373,11 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> dict[str, An
             )
         layer_rules = _merge_rules(rules, prune_rules)
         pruned, report = cal.compress_model(
-            model,
-            current,
-            batches,
-            method=name,
-            settings=settings,
-            layers=layer_rules,
-            apply_kwargs={"train": False},
-            field="config.prune",
-            layers_field="config.layers",
-        )
+            model, current, batches, method=name, settings=settings, layers=layer_rules,
+            field="config.prune", **kw,
+        )  # fmt: skip
         seconds = time.perf_counter() - t0
-        b, _ = _file_bytes(pruned["params"], None, config.huffman, None)
+        b = _file_bytes(pruned["params"], None, config.huffman)
         stages.append(
             row(
                 "pruned",
@@ -419,7 +391,7 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> dict[str, An
         if plan.get("quantized", ("",))[0] != "sparsegpt+gptq":
             current = pruned  # the joint sweep starts again from the unpruned kernels
     compressed = jax.device_get(current["params"])
-    stored = None
+    stored = qparams = None
     if "quantized" in plan:
         name, settings = plan["quantized"]
         t0 = time.perf_counter()
@@ -431,16 +403,9 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> dict[str, An
         joint_rules = prune_rules if name == "sparsegpt+gptq" else {}
         layer_rules = _merge_rules(rules, joint_rules, quant_rules)
         qvars, report = cal.compress_model(
-            model,
-            current,
-            batches,
-            method=name,
-            settings=settings,
-            layers=layer_rules,
-            apply_kwargs={"train": False},
-            field="config.quantize",
-            layers_field="config.layers",
-        )
+            model, current, batches, method=name, settings=settings, layers=layer_rules,
+            field="config.quantize", **kw,
+        )  # fmt: skip
         qparams = report.qparams  # the kernels as integers: what decoding runs on
         stored = _quantized_only(qparams)  # what the file stores as integers
         compressed = jax.device_get(qvars["params"])  # the float weights they stand for
@@ -450,26 +415,32 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> dict[str, An
             qparams = _set(qparams, emb_path, _get(compressed, emb_path))  # gathered as float
             stored = _set(stored, emb_path, qemb)
         seconds = time.perf_counter() - t0
-        b, _ = _file_bytes(compressed, stored, config.huffman, None)
+    # the file: encoded once, written (with a workdir), read back, compared bit for bit
+    t0 = time.perf_counter()
+    data = encode_compressed(compressed, quantized=stored, huffman=config.huffman)
+    if workdir is not None:
+        path = os.path.join(workdir, MODEL_FILE)
+        atomic_write_bytes(path, data)
+        loaded = load_compressed(path)
+    else:
+        loaded = decode_compressed(data)
+    loaded, size = jax.device_get(loaded), len(data)
+    file_seconds = time.perf_counter() - t0
+    if qparams is not None:
         stages.append(
             row(
                 "quantized",
                 compressed,
-                bytes_=b,
+                bytes_=size,
                 seconds=seconds,
                 decode_params=qz.pack_params(qparams),
                 method=name,
             )
         )
-    # the file: written, read back, compared bit for bit
-    t0 = time.perf_counter()
-    size, path = _file_bytes(compressed, stored, config.huffman, out_dir)
-    loaded = jax.device_get(load_compressed(path))
-    seconds = time.perf_counter() - t0
     fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     expected, got = np.asarray(fwd(compressed, first)), np.asarray(fwd(loaded, first))
     equal = bool(np.array_equal(expected, got))
-    stages.append(row("file", loaded, bytes_=size, seconds=seconds, logits_equal=equal))
+    stages.append(row("file", loaded, bytes_=size, seconds=file_seconds, logits_equal=equal))
     for r in stages:
         r["ratio"] = dense_bytes / r["bytes"]
     points = [
@@ -482,20 +453,14 @@ def run(config, workdir: str | None, *, overwrite: bool = False) -> dict[str, An
         alloc = one_shot.allocate(
             model, variables, batches, m, exclude=skipped, apply_kwargs={"train": False}
         )
+        layers = rules if alloc is None else {**rules, **alloc.rules}
         vars_, report = cal.compress_model(
-            model,
-            variables,
-            batches,
-            method=name,
-            settings=settings,
-            layers=rules if alloc is None else {**rules, **alloc.rules},
-            apply_kwargs={"train": False},
-            field="config.sweep",
-            layers_field="config.layers",
-        )
+            model, variables, batches, method=name, settings=settings, layers=layers,
+            field="config.sweep", **kw,
+        )  # fmt: skip
         p = jax.device_get(vars_["params"])
         quant = None if report.qparams is None else _quantized_only(report.qparams)
-        b, _ = _file_bytes(p, quant, config.huffman, None)
+        b = _file_bytes(p, quant, config.huffman)
         ppl = scorer(p, ds.val, ds.tokenizer)["perplexity"]
         points.append({"label": entry, "bytes": b, "val_perplexity": ppl})
     front = pareto_front([{"bytes": p["bytes"], "accuracy": -p["val_perplexity"]} for p in points])
