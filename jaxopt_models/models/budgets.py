@@ -728,6 +728,50 @@ def _check_costs(costs: Any, layers: Sequence[cal.LayerInfo], levels: Sequence[f
 
 
 # ----------------------------------------------------------------------------- sensitivity
+def _prepare(model, variables, batches, method, settings, setting, level, filter_fn, kw, exclude):
+    """The checks both sensitivity rules run before measuring anything: the method's base
+    settings, the calibration batches, the layers, and the plan with every layer at
+    ``level`` of ``setting``. Returns ``(settings, batches, variables, apply_kwargs,
+    found)``."""
+    settings = _base_settings(method, settings, setting)
+    batches, sample = _first_batch(batches)
+    variables = nn.meta.unbox(variables)
+    kw = cal._check_model(model, kw)
+    found = _find(model, variables, sample, filter_fn, kw, exclude)
+    rules = {layer.path: {setting: level} for layer in found.active}
+    _validate_plan(
+        model, variables, sample, method, settings, {**rules, **found.skipped}, filter_fn, kw
+    )
+    return settings, batches, variables, kw, found
+
+
+def _cost_matrix(
+    costs,
+    model,
+    variables,
+    batches,
+    method,
+    levels,
+    settings,
+    cost,
+    loss_fn,
+    cost_batches,
+    stats,
+    found,
+    filter_fn,
+    kw,
+    log,
+) -> np.ndarray:
+    """``(layers, levels)`` float64 costs: the given ``costs`` (checked) or measured."""
+    if costs is None:
+        costs = _measure(
+            model, variables, batches, method, levels, settings, cost, loss_fn,
+            cost_batches, stats, found, filter_fn, kw, log,
+        )  # fmt: skip
+    _check_costs(costs, found.active, levels)
+    return np.array([[costs[layer.path][v] for v in levels] for layer in found.active], np.float64)
+
+
 def sensitivity_sparsity(
     model: nn.Module,
     variables: PyTree,
@@ -785,24 +829,16 @@ def sensitivity_sparsity(
             f"of the mean sparsity is [{levels[0]}, {levels[-1]}]"
         )
     check_one_of("cost", cost, COSTS)
-    settings = _base_settings(method, settings, "sparsity")
-    batches, sample = _first_batch(batches)
-    variables = nn.meta.unbox(variables)
-    kw = cal._check_model(model, apply_kwargs)
-    found = _find(model, variables, sample, filter_fn, kw, exclude)
-    rules = {layer.path: {"sparsity": target} for layer in found.active}
-    _validate_plan(
-        model, variables, sample, method, settings, {**rules, **found.skipped}, filter_fn, kw
-    )
-    if costs is None:
-        costs = _measure(
-            model, variables, batches, method, levels, settings, cost, loss_fn,
-            cost_batches, stats, found, filter_fn, kw, log,
-        )  # fmt: skip
-    _check_costs(costs, found.active, levels)
+    settings, batches, variables, kw, found = _prepare(
+        model, variables, batches, method, settings, "sparsity", target, filter_fn,
+        apply_kwargs, exclude,
+    )  # fmt: skip
     layers = found.active
+    c = _cost_matrix(
+        costs, model, variables, batches, method, levels, settings, cost, loss_fn,
+        cost_batches, stats, found, filter_fn, kw, log,
+    )  # fmt: skip
     sizes = np.array([math.prod(layer.view) for layer in layers], np.int64)
-    c = np.array([[costs[layer.path][s] for s in levels] for layer in layers], np.float64)
     kept = np.array([[n - round(s * n) for s in levels] for n in sizes], np.float64)
     capacity = float(sizes.sum()) * (1.0 - target)
     pick = choose_levels(c, kept, math.floor(capacity + 1e-6), resolution=resolution)
@@ -972,16 +1008,11 @@ def sensitivity_bits(
     else:
         max_bytes = _check_number("max_bytes", max_bytes, 0.0, math.inf)
     check_one_of("cost", cost, COSTS)
-    settings = _base_settings(method, settings, "bits")
-    batches, sample = _first_batch(batches)
-    variables = nn.meta.unbox(variables)
-    kw = cal._check_model(model, apply_kwargs)
-    found = _find(model, variables, sample, filter_fn, kw, exclude)
+    settings, batches, variables, kw, found = _prepare(
+        model, variables, batches, method, settings, "bits", levels[0], filter_fn,
+        apply_kwargs, exclude,
+    )  # fmt: skip
     layers = found.active
-    rules = {layer.path: {"bits": levels[0]} for layer in layers}
-    _validate_plan(
-        model, variables, sample, method, settings, {**rules, **found.skipped}, filter_fn, kw
-    )
     nbytes = np.array(
         [[_stored_bytes(layer, method, b, settings) for b in levels] for layer in layers],
         np.int64,
@@ -994,14 +1025,11 @@ def sensitivity_bits(
                 f"layer at {levels[0]} bits takes {lo} bytes; the feasible range is "
                 f"[{lo}, {hi}] ({hi} bytes: every layer at {levels[-1]} bits)"
             )
-    if costs is None:
-        costs = _measure(
-            model, variables, batches, method, levels, settings, cost, loss_fn,
-            cost_batches, stats, found, filter_fn, kw, log,
-        )  # fmt: skip
-    _check_costs(costs, layers, levels)
+    c = _cost_matrix(
+        costs, model, variables, batches, method, levels, settings, cost, loss_fn,
+        cost_batches, stats, found, filter_fn, kw, log,
+    )  # fmt: skip
     sizes = np.array([math.prod(layer.view) for layer in layers], np.int64)
-    c = np.array([[costs[layer.path][b] for b in levels] for layer in layers], np.float64)
     if average_bits is not None:
         weights = sizes[:, None] * np.asarray(levels, np.int64)[None, :]
         capacity = math.floor(average_bits * int(sizes.sum()) + 1e-6)
