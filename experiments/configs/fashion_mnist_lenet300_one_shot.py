@@ -18,6 +18,7 @@ pruning it alone costs more accuracy than pruning the other 99.6% of the weights
   #   --config.source_dir=runs/fm_one_shot/dense
 """
 
+from experiments.configs import fashion_mnist_lenet300, inherit
 from jaxopt_models.checks import check_one_of
 from jaxopt_models.recipes import one_shot
 
@@ -28,16 +29,9 @@ def get_config(variant: str = ""):
     """The one-shot recipe's config; ``variant="quick"``: 2 epochs on 6000 images;
     ``variant="all_layers"``: the classifier head is compressed like the other layers."""
     check_one_of("variant", variant, VARIANTS)
-    c = one_shot.default_config()
-    c.dataset.name = "fashion_mnist"
-    c.model.name = "mlp"
-    c.model.features = (300, 100)
-    c.model.kernel_init = "he_normal"
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.schedule = "cosine"
-    c.batch_size = 128
-    c.num_epochs = 20
+    base = fashion_mnist_lenet300.get_config("quick" if variant == "quick" else "")
+    # the dense model trains as fashion_mnist_lenet300.py's does (no pruning, float)
+    c = inherit(one_shot.default_config(), base, drop=("pruning", "quantization"))
     c.plots = False
     c.one_shot.methods = (
         "magnitude",
@@ -60,9 +54,6 @@ def get_config(variant: str = ""):
     if variant == "all_layers":
         c.one_shot.layers = {}
     if variant == "quick":
-        c.dataset.num_train = 6000
-        c.dataset.num_test = 2000
-        c.num_epochs = 2
         c.one_shot.methods = ("magnitude", "sparsegpt", "rtn", "gptq")
         c.one_shot.calibration_examples = 512
         c.one_shot.calibration_batch_size = 256
