@@ -1,6 +1,7 @@
 """Timing helpers shared by the benchmark scripts: interleaved rounds, medians, JSON line."""
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -53,6 +54,11 @@ def step_runner(step, state, batch: dict) -> Callable[[], jax.Array]:
         return metrics["loss"]
 
     return run
+
+
+def load_average() -> float:
+    """The 1-minute load average, rounded: printed beside timings (the machine may be shared)."""
+    return round(os.getloadavg()[0], 2)
 
 
 def median(xs: list[float]) -> float:

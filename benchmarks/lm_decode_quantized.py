@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _timing import median, print_json, print_table, time_interleaved  # noqa: E402
+from _timing import load_average, median, print_json, print_table, time_interleaved  # noqa: E402
 
 from jaxopt_models import models, quantization  # noqa: E402
 from jaxopt_models.models import weight_only_dense  # noqa: E402
@@ -151,10 +151,6 @@ def gemv_fns(n_in: int, n_out: int, group: int) -> dict:
     }
 
 
-def _load() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="bible shape, 64-token context")
@@ -174,7 +170,7 @@ def main() -> None:
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind})"
         f", cores {len(os.sched_getaffinity(0))}, batch 1, prompt {PROMPT}, context {context}, "
-        f"{rounds} interleaved rounds (medians), load {_load()}"
+        f"{rounds} interleaved rounds (medians), load {load_average()}"
     )
     record: dict = {
         "backend": jax.default_backend(),
@@ -189,7 +185,7 @@ def main() -> None:
         m = measure_shape(shape, context=context, rounds=rounds)
         sec = {form: median(t) for form, t in m["times"].items()}
         tps = {form: m["new_tokens"] / s for form, s in sec.items()}
-        load = _load()
+        load = load_average()
         for form in FORMS:
             rows.append(
                 [

@@ -56,6 +56,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from _timing import (  # noqa: E402
+    load_average,
     median,
     print_json,
     print_table,
@@ -326,10 +327,6 @@ def measure_xla_costs(*, rounds: int):
 # ----------------------------------------------------------------------------- main
 
 
-def _load() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="CPU shape only, fewer rounds")
@@ -352,7 +349,7 @@ def main() -> None:
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()}, cores "
         f"{len(os.sched_getaffinity(0))}, vocabulary {VOCAB}, {rounds} interleaved rounds "
-        f"(medians), load {_load()}"
+        f"(medians), load {load_average()}"
     )
     record: dict = {"backend": jax.default_backend(), "rounds": rounds, "vocab": VOCAB}
     rows, ratios = [], {}
@@ -374,7 +371,7 @@ def main() -> None:
         sec = {k: median(v) for k, v in times.items()}
         ratios[name] = sec["minimal"] / sec["ours"]
         record[f"lm_step_ratio_{name}"] = round(ratios[name], 4)
-        load = _load()
+        load = load_average()
         for k, s in sec.items():
             key = k.split()[0]
             record[f"{key}_tokens_per_s_{name}"] = round(tokens / s, 1)
@@ -398,7 +395,7 @@ def main() -> None:
         cached, full = median(d["times"]["kv cache"]), median(d["times"]["recompute"])
         n = d["new_tokens"]
         print(
-            f"\ndecode, batch 1, 256-token context (32 prompt + {n} new), load {_load()}: "
+            f"\ndecode, batch 1, 256-token context (32 prompt + {n} new), load {load_average()}: "
             f"KV cache {n / cached:,.0f} tokens/s, full recomputation {n / full:,.0f} "
             f"tokens/s, speedup {full / cached:.1f}x, tokens identical: {d['identical']}"
         )
@@ -419,10 +416,10 @@ def main() -> None:
                 s = median(v)
                 rate = f"{flops / s / 1e9:.1f}" if flops else "-"
                 rows.append([what, k, f"{s * 1e3:.3f}", rate, f"{base / s:.2f}"])
-        print(f"\nXLA:CPU costs (load {_load()})")
+        print(f"\nXLA:CPU costs (load {load_average()})")
         print_table(["measurement", "variant", "ms", "GFLOP/s", "speedup"], rows)
 
-    record["load"] = _load()
+    record["load"] = load_average()
     print_json(record)
 
 

@@ -59,7 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _timing import median, print_json, print_table  # noqa: E402
+from _timing import load_average, median, print_json, print_table  # noqa: E402
 
 from jaxopt_models import pruning, quantization  # noqa: E402
 from jaxopt_models.hessian import HIGHEST, gram_matrix  # noqa: E402
@@ -344,7 +344,7 @@ def main(argv=None) -> None:
     record["targets_missed"] = missed
     record["speed_target_checked"] = speed_checked
     record["targets_met"] = not missed
-    record["load"] = round(os.getloadavg()[0], 2)
+    record["load"] = load_average()
 
     print(
         f"{args.size} x {args.size} layer (seed {args.seed}), {args.rows} calibration rows, "
