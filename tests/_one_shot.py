@@ -37,3 +37,19 @@ def np_inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor of the damped inverse, as the papers compute it."""
     h = h + damp * np.mean(np.diag(h)) * np.eye(len(h))
     return np.linalg.cholesky(np.linalg.inv(h)).T
+
+
+def np_grid(rows, bits, symmetric):
+    """Min-max grid per column of ``rows`` (g, out) in the library's conventions."""
+    lo = np.minimum(rows.min(0), 0.0)
+    hi = np.maximum(rows.max(0), 0.0)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = np.maximum(-lo, hi) / qmax
+        scale = np.where(scale > 0, scale, 1.0)
+        return scale, np.zeros_like(scale), -qmax, qmax
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    scale = (hi - lo) / (qmax - qmin)
+    scale = np.where(scale > 0, scale, 1.0)
+    zp = np.clip(qmin - np.round(lo / scale), qmin, qmax)
+    return scale, zp, qmin, qmax

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _helpers import np_init, use_compilation_cache
+from _one_shot import np_grid
 
 from jaxopt_models import quantization as qz
 from jaxopt_models.models import (
@@ -331,19 +332,6 @@ def test_stored_qparams_compute_the_returned_float_model(mixed, method, settings
 
 
 # ----------------------------------------------------------------------- joint sweep
-def np_grid(w, bits, symmetric):
-    lo, hi = np.minimum(w.min(0), 0.0), np.maximum(w.max(0), 0.0)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        scale = np.maximum(-lo, hi) / qmax
-        scale = np.where(scale > 0, scale, 1.0)
-        return scale, np.zeros_like(scale), -qmax, qmax
-    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    scale = (hi - lo) / (qmax - qmin)
-    scale = np.where(scale > 0, scale, 1.0)
-    return scale, np.clip(qmin - np.round(lo / scale), qmin, qmax), qmin, qmax
-
-
 def np_sparse_gptq(w, h, sparsity, bits, block, damp=0.01, symmetric=False):
     """SparseGPT with quantization in the sweep (per-column grids from the original kernel),
     loop form, float64."""

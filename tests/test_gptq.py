@@ -6,28 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _one_shot import make_layer, np_inverse_cholesky_upper, np_prepare, output_error
+from _one_shot import make_layer, np_grid, np_inverse_cholesky_upper, np_prepare, output_error
 
 from jaxopt_models.hessian import gram_matrix
 from jaxopt_models.quantization import QTensor, dequantize, gptq, quantize
 
 gptq_module = importlib.import_module("jaxopt_models.quantization.gptq")
-
-
-def np_grid(rows, bits, symmetric):
-    """Min-max grid per column of ``rows`` (g, out) in the library's conventions."""
-    lo = np.minimum(rows.min(0), 0.0)
-    hi = np.maximum(rows.max(0), 0.0)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        scale = np.maximum(-lo, hi) / qmax
-        scale = np.where(scale > 0, scale, 1.0)
-        return scale, np.zeros_like(scale), -qmax, qmax
-    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    scale = (hi - lo) / (qmax - qmin)
-    scale = np.where(scale > 0, scale, 1.0)
-    zp = np.clip(qmin - np.round(lo / scale), qmin, qmax)
-    return scale, zp, qmin, qmax
 
 
 def np_round(row, grid):
