@@ -174,6 +174,11 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> ja
 #   ``sum(p * dp) = sum(do * o)``, and its forward (scores, mask, softmax) is one fusion.
 # - the autodiff of LayerNorm recomputes the normalisation in several backward fusions;
 #   ``_layer_norm`` keeps the normalised input and the inverse deviation.
+# - the autodiff of the tanh GELU keeps the tanh and several products, and XLA:CPU
+#   recomputes the activation inside the transposing copies of the weight gradients;
+#   ``_gelu_tanh`` keeps only its input and computes the derivative in one elementwise pass
+#   (1.12x on the train step of both benchmark shapes; the same treatment of SwiGLU measured
+#   within noise, 1.02-1.04x, and is not used).
 # Other backends use the plain formulations.
 
 
@@ -282,6 +287,29 @@ class _CPULayerNorm(nn.Module):
             x.astype(f32), jnp.asarray(scale, f32), jnp.asarray(bias, f32), self.epsilon
         )
         return y.astype(self.dtype or x.dtype)
+
+
+_GELU_C = float(np.sqrt(2.0 / np.pi))
+
+
+@jax.custom_vjp
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    """``jax.nn.gelu(x, approximate=True)`` whose gradient keeps only ``x``."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_tanh_fwd(x):
+    return jax.nn.gelu(x, approximate=True), x
+
+
+def _gelu_tanh_bwd(x, dy):
+    xf = x.astype(jnp.float32)
+    t = jnp.tanh(_GELU_C * (xf + 0.044715 * xf * xf * xf))
+    d = 0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * xf * xf)
+    return ((dy.astype(jnp.float32) * d).astype(x.dtype),)
+
+
+_gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # as jax.nn.dot_product_attention
@@ -511,8 +539,8 @@ class FeedForward(nn.Module):
         if cfg.mlp == "swiglu":
             gate = dense(cfg.mlp_dim, ("embed", "mlp"), cfg.init_std, "gate")(x)
             h = nn.silu(gate) * up
-        else:
-            h = nn.gelu(up, approximate=True)  # the tanh form GPT-2 uses
+        else:  # the tanh form GPT-2 uses
+            h = _gelu_tanh(up) if _on_cpu() else nn.gelu(up, approximate=True)
         residual_std = cfg.init_std / np.sqrt(2 * cfg.num_layers)
         return dense(cfg.embed_dim, ("mlp", "embed"), residual_std, "down")(h)
 
