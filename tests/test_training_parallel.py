@@ -370,6 +370,26 @@ def test_skip_nonfinite_undoes_the_step_but_advances_the_counter(parallel):
     assert int(step.local(state).step) == 2
 
 
+@pytest.mark.parametrize("parallel", PARALLEL_MODES)
+def test_lower_gives_the_program_the_step_runs_without_running_it(parallel):
+    step = make_step("plain", parallel)
+    state = step.place_state(make_state("plain"))
+    x, y = data(1)
+    batch = {"image": x[0], "label": y[0]}
+    text = step.lower(state, batch).compile().as_text()
+    assert "dot" in text and "ENTRY" in text
+    assert int(step.local(state).step) == 0  # nothing ran, nothing was donated
+    state, _ = step(state, batch)
+    assert int(step.local(state).step) == 1
+    bound = training.bind_extra(
+        make_step("distill", parallel), make_state("plain", seed=1).variables
+    )
+    lowered = bound.lower(bound.place_state(make_state("distill")), batch)
+    assert "ENTRY" in lowered.compile().as_text()
+    with pytest.raises(TypeError, match="cannot be lowered"):
+        as_parallel_step(lambda state, batch: (state, {})).lower(state, batch)
+
+
 def test_plain_compiled_functions_are_wrapped_as_none_mode():
     fn = jax.jit(functools.partial(training.train_step, loss_fn=training.cross_entropy))
     step = as_parallel_step(fn)

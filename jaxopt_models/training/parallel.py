@@ -389,6 +389,20 @@ class ParallelStep:
         """One step: ``(state, batch, *extra) -> (state, metrics)`` in the device layout."""
         return self._fn(state, self.place_batch(batch), *self._place_extra(extra))
 
+    def lower(self, state: PyTree, batch: PyTree, *extra: Any) -> jax.stages.Lowered:
+        """The step lowered for these arguments, as ``jax.jit(...).lower`` gives it.
+
+        ``.compile().as_text()`` is the program XLA runs (its op names attribute a
+        profile's time, see ``benchmarks/lm_step_profile.py``); ``.compile()
+        .cost_analysis()`` counts its FLOPs. Lowering runs nothing and donates nothing.
+        """
+        if not hasattr(self._fn, "lower"):
+            raise TypeError(
+                "this step wraps a callable that is not a jax.jit / jax.pmap function "
+                f"({type(self._fn).__name__}); it cannot be lowered"
+            )
+        return self._fn.lower(state, self.place_batch(batch), *self._place_extra(extra))
+
 
 def as_parallel_step(train_fn: Callable) -> ParallelStep:
     """``train_fn`` if it is a ``ParallelStep``, else a ``"none"``-mode wrapper around it.
@@ -415,6 +429,9 @@ class _BoundStep(ParallelStep):
 
     def __call__(self, state, batch, *extra):
         return super().__call__(state, batch, *self._bound_extra, *extra)
+
+    def lower(self, state, batch, *extra):
+        return super().lower(state, batch, *self._bound_extra, *extra)
 
 
 def bind_extra(step: ParallelStep, *extra: Any) -> ParallelStep:
