@@ -14,13 +14,61 @@ Protocol (one line each way, so the caller can interleave its own rounds with th
   stdout ``ready <parameters>`` once built; then for each stdin line ``run N`` it runs N
   steps and answers ``<wall seconds per step> <process CPU seconds per step> <loss>``;
   ``quit`` (or end of input) exits.
+
+With ``--profile N`` it instead runs ``torch.profiler`` over N steps (after 3 warm-up steps)
+and prints one JSON line after ``ready``: the self time of the aten ops per step, in
+milliseconds, summed by the categories of ``benchmarks/lm_step_profile.py`` (``CATEGORIES``
+there), and the step's wall time.
 """
 
 import argparse
 import contextlib
 import importlib.util
+import json
 import sys
 import time
+
+# aten op -> category of lm_step_profile.py (ops under the "optimizer" record: optimizer)
+_OPS = {
+    "linear layers": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "attention core": ("aten::_scaled_dot_product",),
+    "MLP activation": ("aten::gelu",),
+    "norms": ("aten::native_layer_norm",),
+    "layout copies": ("aten::copy_", "aten::clone", "aten::contiguous"),
+}
+
+
+def op_category(name: str, under_optimizer: bool) -> str:
+    """The category of an aten op's self time (``other``: loss, embedding, adds, views)."""
+    if under_optimizer:
+        return "optimizer"
+    for category, prefixes in _OPS.items():
+        if name.startswith(prefixes):
+            return category
+    return "other"
+
+
+def profile_steps(step, steps: int) -> dict:
+    """``{"step_ms": wall per step, "categories": {category: self ms per step}}``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    wall = (time.perf_counter() - t0) / steps
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        parent, under = event.cpu_parent, event.name == "optimizer"
+        while parent is not None and not under:
+            under, parent = parent.name == "optimizer", parent.cpu_parent
+        if event.name == "optimizer" or event.name.startswith("ProfilerStep"):
+            continue
+        category = op_category(event.name, under)
+        totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    return {"step_ms": wall * 1e3, "categories": totals}
 
 
 def load_model_module(path: str):
@@ -44,6 +92,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", type=int, default=0, help="profile this many steps, then exit")
     args = p.parse_args()
 
     import torch
@@ -77,7 +126,19 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    def labelled_step() -> float:  # the same step, its optimizer part under one record
+        _, loss = model(x, y)
+        loss.backward()
+        with torch.profiler.record_function("optimizer"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
     print(f"ready {n_params} {torch.__version__} threads={torch.get_num_threads()}", flush=True)
+    if args.profile:
+        print(json.dumps(profile_steps(labelled_step, args.profile)), flush=True)
+        return
     for line in sys.stdin:
         words = line.split()
         if not words or words[0] == "quit":

@@ -148,3 +148,89 @@ def test_linear_dot_general_falls_back_for_other_contractions():
     x, w = jnp.ones((2, 3)), jnp.ones((4, 3))
     y = transformer._dot_general(x, w, (((1,), (1,)), ((), ())))  # x @ w.T
     np.testing.assert_allclose(y, np.full((2, 4), 3.0))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gelu_kernel_matches_autodiff(dtype):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(3 * rng.normal(size=(5, 7)), dtype)
+    r = jnp.asarray(rng.normal(size=(5, 7)), jnp.float32)
+    plain = lambda a: jax.nn.gelu(a, approximate=True)  # noqa: E731
+    np.testing.assert_array_equal(transformer._gelu_tanh(x), plain(x))  # the same forward
+
+    def grad(f):
+        return jax.jit(jax.grad(lambda a: jnp.sum(f(a).astype(jnp.float32) * r)))(x)
+
+    ours, plain_grad = grad(transformer._gelu_tanh), grad(plain)
+    assert ours.dtype == plain_grad.dtype == dtype
+    # the float64 derivative of the tanh GELU at the (rounded) inputs
+    a, c = np.asarray(x, np.float64), np.sqrt(2 / np.pi)
+    t = np.tanh(c * (a + 0.044715 * a**3))
+    want = np.asarray(r, np.float64) * (
+        0.5 * (1 + t) + 0.5 * a * (1 - t * t) * c * (1 + 3 * 0.044715 * a * a)
+    )
+    err = np.abs(np.asarray(ours, np.float64) - want)
+    # float32: to rounding; bfloat16: to the output's rounding, and no worse than autodiff
+    tol = 1e-5 if dtype == jnp.float32 else 8e-3
+    np.testing.assert_allclose(np.asarray(ours, np.float64), want, rtol=tol, atol=tol)
+    assert err.max() <= np.abs(np.asarray(plain_grad, np.float64) - want).max() + 1e-6
+    assert float(jnp.abs(ours.astype(jnp.float32)).max()) > 0
+
+
+def test_layer_norm_kernel_matches_flax_layer_norm():
+    import flax.linen as nn
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(6, 10)) * 2 + 1, jnp.float32)
+    r = jnp.asarray(rng.normal(size=(6, 10)), jnp.float32)
+    ours, plain = transformer._CPULayerNorm(epsilon=1e-5), nn.LayerNorm(epsilon=1e-5)
+    params = plain.init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    np.testing.assert_allclose(ours.apply(params, x), plain.apply(params, x), atol=1e-5)
+
+    def grads(module):
+        loss = lambda p, x: jnp.sum(module.apply(p, x) * r)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
+    for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(plain)), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- step profile
+
+
+@pytest.fixture(scope="module")
+def profiler():
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "lm_step_profile", os.path.join(BENCHMARKS, "lm_step_profile.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+def test_op_categories_follow_the_op_names(profiler):
+    cat = profiler.op_category
+    step = "jit(train_step)/transpose(jvp(CausalLM))/block_0"
+    assert cat("ynn_fusion.3", f"{step}/mlp/up/dot_general", True) == "linear layers"
+    assert cat("ynn_fusion.4", f"{step}/attn/dot_general", True) == "attention core"
+    assert cat("transpose_copy_fusion", f"{step}/attn/key/transpose", False) == "layout copies"
+    assert cat("multiply_tanh_fusion", f"{step}/mlp/tanh", False) == "MLP activation"
+    assert cat("add_rsqrt_fusion", f"{step}/mlp_norm/rsqrt", False) == "norms"
+    assert cat("wrapped_reduce", "jit(train_step)/jvp(lm_loss)/reduce_sum", False) == "other"
+    assert cat("multiply_add_fusion", "jit(train_step)/mul", False) == "optimizer"
+
+
+def test_step_profile_attributes_the_compiled_step(profiler):
+    out = profiler.profile_jax(TINY, steps=2)
+    cats = out["categories"]
+    assert set(cats) <= set(profiler.CATEGORIES)
+    for category in ("linear layers", "attention core", "norms", "optimizer"):
+        assert cats.get(category, 0.0) > 0, category
+    assert out["step_ms"] > 0
+    # every op XLA runs has an op name except a few constants and copies
+    assert out["unattributed_ms"] < 0.5 * sum(cats.values())

@@ -1,0 +1,263 @@
+r"""Where an LM train step's time goes: XLA:CPU's ops by category, beside PyTorch nanoGPT's.
+
+Profiles the library's LM train step (the ``ours`` step of ``benchmarks/lm_throughput.py``:
+the recipe's step, AdamW, clipping) with ``jax.profiler`` and attributes the time of every
+op XLA:CPU runs (a fusion, a library call) to a category through the op names the
+compiled program keeps (``ParallelStep.lower(...).compile().as_text()``):
+
+  linear layers   the products of the query/key/value/output projections, the MLP and the
+                  output head, forward and backward
+  attention core  scores, mask, softmax, the weighted sum and their gradients, with the
+                  layout changes inside attention
+  MLP activation  GELU / SwiGLU and their gradients (and the MLP's bias gradients)
+  norms           LayerNorm / RMSNorm, forward and backward
+  layout copies   transposes and copies of the linear layers' operands
+  optimizer       gradient clipping and the AdamW update
+  other           embedding, loss, residual adds
+
+With ``--torch_python`` and ``--nanogpt_model`` the same is done for nanoGPT's own step in
+PyTorch eager with ``torch.profiler`` (``benchmarks/_nanogpt_torch.py --profile``), its
+aten ops sorted into the same categories.
+
+By default both run on one core with one thread (``--cpus 0``): then every op's time is
+its own and the categories add up to the step. With more cores XLA:CPU runs independent
+ops concurrently and the JAX column counts thread time (it can exceed the step), while
+PyTorch's column is each op's wall time; compare ``step ms`` there, not the categories.
+
+  python benchmarks/lm_step_profile.py                       # both shapes, one core
+  python benchmarks/lm_step_profile.py --torch_python /path/to/venv/bin/python \
+      --nanogpt_model /path/to/nanoGPT/model.py              # + PyTorch, same categories
+  python benchmarks/lm_step_profile.py --cpus 0,1 --torch_threads 2
+
+Prints a table per shape and a final JSON line.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+CPUS_DEFAULT = "0"
+
+if __name__ == "__main__":  # pin before JAX starts: its thread pool sizes itself from the mask
+    _cpus = CPUS_DEFAULT
+    for _i, _a in enumerate(sys.argv):
+        if _a.startswith("--cpus="):
+            _cpus = _a.split("=", 1)[1]
+        elif _a == "--cpus" and _i + 1 < len(sys.argv):
+            _cpus = sys.argv[_i + 1]
+    os.sched_setaffinity(0, {int(c) for c in _cpus.split(",")})
+
+import jax  # noqa: E402
+from _timing import load_average, print_json, print_table  # noqa: E402
+from jax.profiler import ProfileData  # noqa: E402
+from lm_throughput import SHAPES, VOCAB, lm_model, token_batch  # noqa: E402
+
+from jaxopt_models import training  # noqa: E402
+from jaxopt_models.recipes import lm  # noqa: E402
+
+CATEGORIES = (
+    "linear layers",
+    "attention core",
+    "MLP activation",
+    "norms",
+    "layout copies",
+    "optimizer",
+    "other",
+)
+_PROJECTIONS = ("/query/", "/key/", "/value/", "/out/", "/up/", "/down/", "/gate/")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w\-]*)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) [^=]*\{$")
+
+
+def parse_program(text: str) -> dict[str, tuple[str, bool]]:
+    """``{instruction name: (op_name, contains a dot)}`` for the compiled ``text``'s ops."""
+    bodies: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        head = _COMPUTATION.match(line)
+        if head:
+            current = bodies.setdefault(head.group(1), [])
+        elif current is not None:
+            current.append(line)
+    ops: dict[str, tuple[str, bool]] = {}
+    for lines in bodies.values():
+        for line in lines:
+            m = _INSTRUCTION.match(line)
+            if not m:
+                continue
+            name, opcode = m.groups()
+            op_name = _OP_NAME.search(line)
+            called = _CALLS.search(line)
+            has_dot = opcode in ("dot", "convolution") or (
+                called is not None
+                and any(
+                    re.search(r" (dot|convolution)\(", body_line)
+                    for body_line in bodies.get(called.group(1), ())
+                )
+            )
+            ops[name] = (op_name.group(1) if op_name else "", has_dot)
+    return ops
+
+
+def op_category(thunk: str, op_name: str, has_dot: bool) -> str:
+    """The category (``CATEGORIES``) of one XLA:CPU op from its name and HLO op name."""
+    kind = thunk.split(".")[0]
+    layout = kind.startswith(("transpose", "copy", "wrapped_copy", "wrapped_transpose"))
+    if "CausalLM" not in op_name:
+        # the loss is differentiated ("jvp(...)"); clipping and AdamW are not
+        return "other" if "jvp(" in op_name else "optimizer"
+    if "norm" in op_name:
+        return "norms"
+    in_projection = any(p in op_name for p in _PROJECTIONS)
+    if "/attn/" in op_name and not in_projection:
+        return "attention core"
+    if has_dot:
+        return "linear layers"
+    if layout:
+        return "layout copies"
+    if "/mlp/" in op_name:
+        return "MLP activation"
+    return "other"
+
+
+def library_step_and_program(shape: dict):
+    """The LM recipe's compiled step on ``shape`` as a no-argument callable, and its HLO."""
+    x, y = token_batch(shape)
+    model = lm_model(shape)
+    config = lm.default_config()
+    tx = training.make_optimizer(config.optimizer, config.num_steps)
+    state = training.create_train_state(model, jax.random.key(0), x, tx)
+    step = training.make_train_step(loss_fn=lm.lm_loss, input_key="tokens", label_key="targets")
+    batch = {"tokens": x, "targets": y}
+    box = {"state": step.place_state(state)}
+    text = step.lower(box["state"], batch).compile().as_text()
+
+    def run():
+        box["state"], metrics = step(box["state"], batch)
+        return metrics["loss"]
+
+    return run, text
+
+
+def profile_jax(shape: dict, steps: int) -> dict:
+    """``{"step_ms", "categories": {category: ms per step}, "unattributed_ms"}``."""
+    run, text = library_step_and_program(shape)
+    ops = parse_program(text)
+    for _ in range(3):
+        jax.block_until_ready(run())
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        jax.block_until_ready(run())
+    step_ms = (time.perf_counter() - t0) / steps * 1e3
+    totals: dict[str, float] = collections.defaultdict(float)
+    unattributed = 0.0
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                jax.block_until_ready(run())
+        (path,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        data = ProfileData.from_file(path)
+    for plane in data.planes:
+        for line in plane.lines:
+            if line.name == "python":
+                continue
+            for event in line.events:
+                if event.name not in ops:  # executor bookkeeping, waits, thread-pool regions
+                    continue
+                ms = event.duration_ns / 1e6 / steps
+                op_name, has_dot = ops[event.name]
+                if not op_name and not has_dot:
+                    unattributed += ms
+                    continue
+                totals[op_category(event.name, op_name, has_dot)] += ms
+    return {"step_ms": step_ms, "categories": dict(totals), "unattributed_ms": unattributed}
+
+
+def profile_torch(python: str, model_py: str, shape: dict, threads: int, steps: int) -> dict:
+    """nanoGPT's step in PyTorch, profiled by ``_nanogpt_torch.py --profile`` (same cores)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_nanogpt_torch.py")
+    args = [python, script, "--model_py", model_py, "--vocab", str(VOCAB)]
+    args += ["--threads", str(threads), "--profile", str(steps)]
+    for key in ("layers", "heads", "width", "context", "batch"):
+        args += [f"--{key}", str(shape[key])]
+    out = subprocess.run(args, capture_output=True, text=True, check=False)
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) < 2 or not lines[0].startswith("ready"):
+        raise RuntimeError(f"the PyTorch profile failed ({' '.join(args)}):\n{out.stderr[-2000:]}")
+    record = json.loads(lines[-1])
+    record["version"] = lines[0].split()[2]
+    return record
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="cpu,wide", help="comma list of: " + ",".join(SHAPES))
+    p.add_argument("--steps", type=int, default=None, help="profiled steps (default 10 / 3)")
+    p.add_argument("--cpus", default=CPUS_DEFAULT, help="pin to these cores (default: 0)")
+    p.add_argument("--torch_python", default=None, help="a Python with PyTorch installed")
+    p.add_argument("--nanogpt_model", default=None, help="nanoGPT's model.py (not vendored)")
+    p.add_argument("--torch_threads", type=int, default=1, help="torch.set_num_threads")
+    args = p.parse_args()
+    if (args.torch_python is None) != (args.nanogpt_model is None):
+        p.error("--torch_python and --nanogpt_model go together")
+    names = args.shapes.split(",")
+    for name in names:
+        if name not in SHAPES:
+            p.error(f"--shapes: unknown shape {name!r}; choose from {sorted(SHAPES)}")
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be a positive integer, got {args.steps}")
+    cores = len(os.sched_getaffinity(0))
+    print(f"jax {jax.__version__}, {cores} core(s) ({args.cpus}), load {load_average()}")
+    record: dict = {"cores": cores, "jax": jax.__version__}
+    for name in names:
+        shape = SHAPES[name]
+        steps = args.steps or (10 if name == "cpu" else 3)
+        sides = {"jax": profile_jax(shape, steps)}
+        if args.torch_python:
+            sides["torch"] = profile_torch(
+                args.torch_python, args.nanogpt_model, shape, args.torch_threads, steps
+            )
+            record["torch"] = sides["torch"].pop("version")
+        rows = []
+        for category in CATEGORIES:
+            row = [category]
+            for side in sides.values():
+                row.append(f"{side['categories'].get(category, 0.0):.1f}")
+            if "torch" in sides:
+                j, t = (sides[s]["categories"].get(category, 0.0) for s in ("jax", "torch"))
+                row.append(f"{j - t:+.1f}")
+            rows.append(row)
+        sums = [sum(s["categories"].values()) for s in sides.values()]
+        rows.append(["sum of ops"] + [f"{v:.1f}" for v in sums])
+        rows.append(["step (wall, unprofiled)"] + [f"{s['step_ms']:.1f}" for s in sides.values()])
+        if "torch" in sides:
+            rows[-2].append(f"{sums[0] - sums[1]:+.1f}")
+            rows[-1].append(f"{sides['jax']['step_ms'] - sides['torch']['step_ms']:+.1f}")
+        header = ["category (ms per step)", "jax (XLA:CPU)"]
+        header += ["torch nanoGPT", "jax - torch"] if "torch" in sides else []
+        print(f"\n{name} shape {shape}, {steps} profiled steps, load {load_average()}")
+        print_table(header, rows)
+        unattributed = sides["jax"]["unattributed_ms"]
+        if unattributed > 0.05:
+            print(f"(XLA:CPU ops without an op name, not in the table: {unattributed:.1f} ms)")
+        for side, res in sides.items():
+            record[f"{side}_{name}"] = {
+                "step_ms": round(res["step_ms"], 2),
+                **{c: round(v, 2) for c, v in res["categories"].items()},
+            }
+    record["load"] = load_average()
+    print_json(record)
+
+
+if __name__ == "__main__":
+    main()
