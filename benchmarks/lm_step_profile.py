@@ -29,7 +29,11 @@ PyTorch's column is each op's wall time; compare ``step ms`` there, not the cate
       --nanogpt_model /path/to/nanoGPT/model.py              # + PyTorch, same categories
   python benchmarks/lm_step_profile.py --cpus 0,1 --torch_threads 2
 
-Prints a table per shape and a final JSON line.
+For each shape it also times the three products of the MLP's first layer alone (forward
+``x @ w``, input gradient ``dy @ w.T``, weight gradient ``x.T @ dy``), in XLA:CPU and in
+PyTorch: the kernels behind the "linear layers" row.
+
+Prints tables per shape and a final JSON line.
 """
 
 import argparse
@@ -199,6 +203,62 @@ def profile_torch(python: str, model_py: str, shape: dict, threads: int, steps: 
     return record
 
 
+# The three products of a linear layer's train step, (rows, in, out) = (tokens, E, 4E):
+# forward x @ w, input gradient dy @ w.T, weight gradient x.T @ dy.
+GEMM_FORMS = ("x @ w", "dy @ w.T", "x.T @ dy")
+
+_TORCH_GEMMS = r"""
+import json, statistics, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+n, k, m, reps = (int(a) for a in sys.argv[2:6])
+g = torch.Generator().manual_seed(0)
+x, w, dy = (torch.randn(*s, generator=g) for s in ((n, k), (k, m), (n, m)))
+fns = {"x @ w": lambda: x @ w, "dy @ w.T": lambda: dy @ w.t(), "x.T @ dy": lambda: x.t() @ dy}
+out = {}
+for name, f in fns.items():
+    f()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    out[name] = statistics.median(times)
+print(json.dumps(out))
+"""
+
+
+def gemm_seconds(n: int, k: int, m: int, reps: int) -> dict[str, float]:
+    """Median seconds of each of ``GEMM_FORMS`` in XLA:CPU, one compiled product each."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x, w, dy = (jax.numpy.asarray(rng.normal(size=s), "float32") for s in ((n, k), (k, m), (n, m)))
+    fns = {
+        "x @ w": (jax.jit(lambda x, w: x @ w), (x, w)),
+        "dy @ w.T": (jax.jit(lambda dy, w: dy @ w.T), (dy, w)),
+        "x.T @ dy": (jax.jit(lambda x, dy: x.T @ dy), (x, dy)),
+    }
+    out = {}
+    for name, (fn, args) in fns.items():
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times))
+    return out
+
+
+def torch_gemm_seconds(python: str, threads: int, n: int, k: int, m: int, reps: int) -> dict:
+    """The same products in PyTorch (``torch.matmul``), in ``python``."""
+    args = [python, "-c", _TORCH_GEMMS, str(threads), str(n), str(k), str(m), str(reps)]
+    out = subprocess.run(args, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"the PyTorch GEMM timing failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="cpu,wide", help="comma list of: " + ",".join(SHAPES))
@@ -255,6 +315,26 @@ def main() -> None:
                 "step_ms": round(res["step_ms"], 2),
                 **{c: round(v, 2) for c, v in res["categories"].items()},
             }
+
+        n, k = shape["batch"] * shape["context"], shape["width"]
+        gemms = {"jax": gemm_seconds(n, k, 4 * k, reps=15)}
+        if args.torch_python:
+            gemms["torch"] = torch_gemm_seconds(
+                args.torch_python, args.torch_threads, n, k, 4 * k, 15
+            )
+        flops = 2 * n * k * 4 * k
+        rows = []
+        for form in GEMM_FORMS:
+            row = [form] + [f"{flops / g[form] / 1e9:.1f}" for g in gemms.values()]
+            if "torch" in gemms:
+                row.append(f"{gemms['torch'][form] / gemms['jax'][form]:.2f}")
+            rows.append(row)
+            for side, g in gemms.items():
+                record[f"{side}_{name}"][f"gemm {form} GFLOP/s"] = round(flops / g[form] / 1e9, 1)
+        header = [f"MLP product {n}x{k}x{4 * k} (GFLOP/s)", "jax (XLA:CPU)"]
+        header += ["torch", "jax speed vs torch"] if "torch" in gemms else []
+        print()
+        print_table(header, rows)
     record["load"] = load_average()
     print_json(record)
 

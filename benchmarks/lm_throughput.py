@@ -19,7 +19,10 @@ r"""Language-model throughput: the library's LM train step, KV-cache decoding, X
    the tokens must be identical. ``decode_speedup`` = recompute time / cached time.
 3. (not with ``--quick``) Where XLA:CPU spends the time: the weight-gradient product
    ``x.T @ dy`` as autodiff writes it against an explicit transpose first, and attention
-   forward + backward through ``jax.nn.dot_product_attention`` against the library's.
+   forward + backward through ``jax.nn.dot_product_attention`` against the library's and
+   (contexts of 128 or more) against a blocked causal attention that skips the masked
+   upper blocks (``blocked_causal_attention``, a measurement the library does not use).
+   ``benchmarks/lm_step_profile.py`` attributes the whole step's time.
 
   python benchmarks/lm_throughput.py --quick          # CPU shape only, < 2 minutes
   python benchmarks/lm_throughput.py                  # both shapes, decode, XLA:CPU costs
@@ -32,6 +35,7 @@ machine may be shared). Prints tables and a final JSON line.
 """
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -285,6 +289,53 @@ def measure_decode(shape: dict, *, context: int, prompt_len: int, rounds: int, i
 # ----------------------------------------------------------------------------- XLA:CPU costs
 
 
+def _causal_block_bias(i: int, block: int) -> np.ndarray:
+    """The additive mask of query block ``i`` against key blocks ``0..i``."""
+    bias = np.zeros((block, (i + 1) * block), np.float32)
+    bias[:, i * block :][np.triu(np.ones((block, block), bool), 1)] = transformer._MASK_VALUE
+    return bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def blocked_causal_attention(q, k, v, block):
+    """Causal softmax attention of ``(B, N, T, D)`` arrays by query blocks of ``block`` rows,
+    each against only the key blocks at or before it (the masked upper blocks are skipped,
+    as a fused flash kernel does). A measurement: the library does not use it."""
+    return _blocked_fwd(q, k, v, block)[0]
+
+
+def _blocked_fwd(q, k, v, block):
+    scale, outs, probs = 1.0 / np.sqrt(q.shape[-1]), [], []
+    for i in range(q.shape[2] // block):
+        rows, keys = slice(i * block, (i + 1) * block), slice(0, (i + 1) * block)
+        s = jnp.einsum("bntd,bnsd->bnts", q[:, :, rows], k[:, :, keys]) * scale
+        e = jnp.exp(s + _causal_block_bias(i, block) - s.max(-1, keepdims=True))
+        p = e / e.sum(-1, keepdims=True)
+        outs.append(jnp.einsum("bnts,bnsd->bntd", p, v[:, :, keys]))
+        probs.append(p)
+    o = jnp.concatenate(outs, axis=2)
+    return o, (q, k, v, probs, o)
+
+
+def _blocked_bwd(block, res, do):
+    q, k, v, probs, o = res
+    t, scale = q.shape[2], 1.0 / np.sqrt(q.shape[-1])
+    delta = jnp.sum(do * o, -1, keepdims=True)
+    dqs, dk, dv = [], jnp.zeros_like(k), jnp.zeros_like(v)
+    for i, p in enumerate(probs):
+        rows, keys = slice(i * block, (i + 1) * block), slice(0, (i + 1) * block)
+        pad = ((0, 0), (0, 0), (0, t - (i + 1) * block), (0, 0))
+        dv = dv + jnp.pad(jnp.einsum("bnts,bntd->bnsd", p, do[:, :, rows]), pad)
+        dp = jnp.einsum("bntd,bnsd->bnts", do[:, :, rows], v[:, :, keys])
+        ds = p * (dp - delta[:, :, rows]) * scale
+        dqs.append(jnp.einsum("bnts,bnsd->bntd", ds, k[:, :, keys]))
+        dk = dk + jnp.pad(jnp.einsum("bnts,bntd->bnsd", ds, q[:, :, rows]), pad)
+    return jnp.concatenate(dqs, axis=2), dk, dv
+
+
+blocked_causal_attention.defvjp(_blocked_fwd, _blocked_bwd)
+
+
 def measure_xla_costs(*, rounds: int):
     """Minimal XLA:CPU measurements behind the model's CPU formulations (seconds per call)."""
     rng = np.random.default_rng(0)
@@ -317,8 +368,35 @@ def measure_xla_costs(*, rounds: int):
             "jax.nn.dot_product_attention": lambda: plain(q, k, v),
             "library attention": lambda: ours(q, k, v),
         }
+        iters = 10 if name == "cpu" else 2
+        if t >= 128:  # query blocks of 64: the upper blocks skipped, as PyTorch's kernel does
+            heads_major = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
+            blocked = grad_of(
+                lambda q, k, v: heads_major(
+                    blocked_causal_attention(*map(heads_major, (q, k, v)), 64)
+                )
+            )
+            fns["blocked causal, 64-row blocks"] = lambda: blocked(q, k, v)
+            fwd = {
+                "library attention": jax.jit(
+                    lambda q, k, v: transformer._attention(q, k, v, None, True)
+                ),
+                "blocked causal, 64-row blocks": jax.jit(
+                    lambda q, k, v: heads_major(
+                        blocked_causal_attention(*map(heads_major, (q, k, v)), 64)
+                    )
+                ),
+            }
+            out[f"attention forward {name} shape"] = (
+                time_interleaved(
+                    {n: (lambda f=f: f(q, k, v)) for n, f in fwd.items()},
+                    rounds=rounds,
+                    iters=iters,
+                ),
+                None,
+            )
         out[f"attention fwd+bwd {name} shape"] = (
-            time_interleaved(fns, rounds=rounds, iters=10 if name == "cpu" else 2),
+            time_interleaved(fns, rounds=rounds, iters=iters),
             None,
         )
     return out

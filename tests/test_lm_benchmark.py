@@ -57,6 +57,23 @@ def test_cached_decoding_equals_recomputation(bench):
     assert cached > 0 and full > 0
 
 
+def test_blocked_causal_attention_measurement_is_causal_attention(bench):
+    rng = np.random.default_rng(4)
+    q, k, v, r = (jnp.asarray(rng.normal(size=(2, 3, 12, 8)), jnp.float32) for _ in range(4))
+    heads = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
+
+    def plain(q, k, v):
+        return heads(jax.nn.dot_product_attention(*map(heads, (q, k, v)), is_causal=True))
+
+    def blocked(q, k, v):
+        return bench.blocked_causal_attention(q, k, v, 4)
+
+    np.testing.assert_allclose(blocked(q, k, v), plain(q, k, v), atol=1e-5)
+    grad = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * r), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
+    for a, b in zip(grad(blocked), grad(plain), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- CPU kernels
 
 
