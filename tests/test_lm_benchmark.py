@@ -20,18 +20,21 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 TINY = {"layers": 1, "heads": 2, "width": 16, "context": 8, "batch": 2}
 
 
-@pytest.fixture(scope="module")
-def bench():
+def _benchmark_module(name: str):
+    """Imports ``benchmarks/<name>.py`` (with ``benchmarks/`` on the path while in use)."""
     sys.path.insert(0, BENCHMARKS)
     try:
-        spec = importlib.util.spec_from_file_location(
-            "lm_throughput", os.path.join(BENCHMARKS, "lm_throughput.py")
-        )
+        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         yield module
     finally:
         sys.path.remove(BENCHMARKS)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    yield from _benchmark_module("lm_throughput")
 
 
 def test_train_steps_train_the_same_model_and_give_a_ratio(bench):
@@ -218,16 +221,7 @@ def test_layer_norm_kernel_matches_flax_layer_norm():
 
 @pytest.fixture(scope="module")
 def profiler():
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "lm_step_profile", os.path.join(BENCHMARKS, "lm_step_profile.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(BENCHMARKS)
+    yield from _benchmark_module("lm_step_profile")
 
 
 def test_op_categories_follow_the_op_names(profiler):
