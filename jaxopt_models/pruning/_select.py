@@ -128,6 +128,49 @@ def _masked_max(arrays, mask_fn, fill):
     return jnp.max(jnp.stack([jnp.max(jnp.where(mask_fn(a), a, fill)) for a in arrays]))
 
 
+# Largest floats below 2**32 and 2**64 (they convert to uint32 / uint64 without overflow).
+_MAX_STEP = {32: 4294967040.0, 64: 18446744073709549568.0}
+
+
+def illinois_candidate(lo, hi, clo, chi, wl, wh, target, fdtype, bisect=False) -> jax.Array:
+    """The next key to count below, strictly between the ends ``lo`` and ``hi`` (keys with
+    ``count(x < lo) = clo``, ``count(x < hi) = chi``): regula falsi on the counts' weighted
+    distances ``wl``/``wh`` to ``target`` (a rank minus 0.5), or the midpoint where
+    ``bisect`` (a bool, per search or for all)."""
+    width = hi - lo
+    fl = (clo.astype(jnp.float32) - target) * wl
+    fh = (chi.astype(jnp.float32) - target) * wh
+    frac = -fl / (fh - fl)
+    if bisect is not False:
+        frac = jnp.where(bisect, 0.5, frac)
+    max_step = _MAX_STEP[jnp.iinfo(lo.dtype).bits]
+    step = jnp.clip(jnp.round(frac.astype(fdtype) * width.astype(fdtype)), 1.0, max_step)
+    step = jnp.clip(step.astype(lo.dtype), 1, jnp.maximum(width, 2) - 1)
+    return lo + step
+
+
+def illinois_update(active, cand, counts, ks, lo, hi, clo, chi, wl, wh, side):
+    """One Illinois step of the searches that are ``active``: ``cand`` (with ``counts =
+    count(x < cand)``) replaces the lower end if ``counts <= ks - 1``, else the upper one;
+    an end kept twice in a row has its weight halved, a switch resets both weights to 1.
+    ``side`` is the end replaced last (0 before the first step).
+
+    Returns:
+      The new ``(lo, hi, clo, chi, wl, wh, side)``.
+    """
+    up = counts <= ks - 1
+    new_side = jnp.where(up, 1, -1)
+    again = new_side == side
+    wl = jnp.where(active & again & ~up, 0.5 * wl, jnp.where(active & ~again, 1.0, wl))
+    wh = jnp.where(active & again & up, 0.5 * wh, jnp.where(active & ~again, 1.0, wh))
+    lo = jnp.where(active & up, cand, lo)
+    clo = jnp.where(active & up, counts, clo)
+    hi = jnp.where(active & ~up, cand, hi)
+    chi = jnp.where(active & ~up, counts, chi)
+    side = jnp.where(active, new_side, side)
+    return lo, hi, clo, chi, wl, wh, side
+
+
 def kth_smallest(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> jax.Array:
     """The ``ks[g]``-th smallest value (1-based) of each group of canonical float arrays.
 
@@ -169,8 +212,6 @@ def kth_smallest(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> jax.Ar
 
     lo = lax.cond(jnp.any(past_min & (at_min > 1)), snap_past_atom, lambda lo: lo, lo)
     target = ks.astype(jnp.float32) - 0.5
-    # Largest float below 2**bits that converts to the key type without overflow.
-    max_step = 4294967040.0 if kdtype == jnp.uint32 else 18446744073709549568.0
 
     def settled(lo, hi, clo, chi):
         return (clo == ks - 1) | (chi == ks) | (hi - lo <= 1)
@@ -180,16 +221,9 @@ def kth_smallest(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> jax.Ar
         return (it < _MAX_INTERPOLATION_PASSES) & ~jnp.all(settled(lo, hi, clo, chi))
 
     def body(carry):
-        lo, hi, clo, chi, wl, wh, prev, it = carry
+        lo, hi, clo, chi, wl, wh, side, it = carry
         active = ~settled(lo, hi, clo, chi)
-        width = hi - lo
-        fl = (clo.astype(jnp.float32) - target) * wl
-        fh = (chi.astype(jnp.float32) - target) * wh
-        frac = -fl / (fh - fl)
-        step = jnp.round(frac.astype(fdtype) * width.astype(fdtype))
-        step = jnp.clip(step, 1.0, max_step).astype(kdtype)
-        step = jnp.clip(step, 1, jnp.maximum(width, 2) - 1)
-        cand = lo + step
+        cand = illinois_candidate(lo, hi, clo, chi, wl, wh, target, fdtype)
         cand_f = bound_up(cand, fdtype)
         counts = jnp.stack(
             [
@@ -202,22 +236,8 @@ def kth_smallest(groups: Sequence[Sequence[jax.Array]], ks: jax.Array) -> jax.Ar
                 for g, arrays in enumerate(groups)
             ]
         )
-        go_lo = counts <= ks - 1
-        side = jnp.where(go_lo, -1, 1)
-        again = side == prev
-        new_wl = jnp.where(again & ~go_lo, wl * 0.5, jnp.where(again, wl, 1.0))
-        new_wh = jnp.where(again & go_lo, wh * 0.5, jnp.where(again, wh, 1.0))
-        pick = lambda new, old: jnp.where(active, new, old)
-        return (
-            pick(jnp.where(go_lo, cand, lo), lo),
-            pick(jnp.where(go_lo, hi, cand), hi),
-            pick(jnp.where(go_lo, counts, clo), clo),
-            pick(jnp.where(go_lo, chi, counts), chi),
-            pick(new_wl, wl),
-            pick(new_wh, wh),
-            pick(side, prev),
-            it + 1,
-        )
+        state = illinois_update(active, cand, counts, ks, lo, hi, clo, chi, wl, wh, side)
+        return (*state, it + 1)
 
     ones = jnp.ones((G,), jnp.float32)
     zeros = jnp.zeros((G,), jnp.int32)

@@ -31,8 +31,6 @@ from jaxopt_models.pruning.structures import NByM
 
 # Illinois passes before the search falls back to bisection of the key range.
 _INTERPOLATION_PASSES = 12
-# Largest floats below 2**32 and 2**64 (they convert to uint32 / uint64 without overflow).
-_MAX_STEP = {32: 4294967040.0, 64: 18446744073709549568.0}
 
 
 def _count_per_column(hit: jax.Array) -> jax.Array:
@@ -47,8 +45,6 @@ def _kth_smallest_per_column(score: jax.Array, k: int) -> jax.Array:
     scores ``(in, out)`` (see :func:`_select.canonical`), found with counting passes."""
     n_in = score.shape[0]
     fdtype = score.dtype
-    kdtype = _select._key_dtype(fdtype)
-    max_step = _MAX_STEP[jnp.iinfo(kdtype).bits]
 
     lo_f, hi_f = jnp.min(score, axis=0), jnp.max(score, axis=0)
     lo = _select.to_key(lo_f)  # count(score < lo) = 0 <= k - 1
@@ -67,25 +63,11 @@ def _kth_smallest_per_column(score: jax.Array, k: int) -> jax.Array:
     def body(carry):
         lo, hi, clo, chi, wl, wh, side, it = carry
         active = ~settled(lo, hi, clo, chi)
-        width = hi - lo
-        fl = (clo.astype(jnp.float32) - target) * wl
-        fh = (chi.astype(jnp.float32) - target) * wh
-        frac = jnp.where(it < _INTERPOLATION_PASSES, -fl / (fh - fl), 0.5)
-        step = jnp.clip(jnp.round(frac.astype(fdtype) * width.astype(fdtype)), 1.0, max_step)
-        step = jnp.clip(step.astype(kdtype), 1, jnp.maximum(width, 2) - 1)
-        cand = lo + step
+        bisect = it >= _INTERPOLATION_PASSES
+        cand = _select.illinois_candidate(lo, hi, clo, chi, wl, wh, target, fdtype, bisect)
         counts = _count_per_column(score < _select.bound_up(cand, fdtype)[None, :])
-        up = counts <= k - 1  # the k-th smallest is >= cand: cand becomes the lower end
-        new_side = jnp.where(up, 1, -1)
-        again = new_side == side  # Illinois: halve the weight of the end that stays
-        wl = jnp.where(active & again & ~up, 0.5 * wl, jnp.where(active & ~again, 1.0, wl))
-        wh = jnp.where(active & again & up, 0.5 * wh, jnp.where(active & ~again, 1.0, wh))
-        lo = jnp.where(active & up, cand, lo)
-        clo = jnp.where(active & up, counts, clo)
-        hi = jnp.where(active & ~up, cand, hi)
-        chi = jnp.where(active & ~up, counts, chi)
-        side = jnp.where(active, new_side, side)
-        return lo, hi, clo, chi, wl, wh, side, it + 1
+        state = _select.illinois_update(active, cand, counts, k, lo, hi, clo, chi, wl, wh, side)
+        return (*state, it + 1)
 
     ones = jnp.ones(lo.shape, jnp.float32)
     init = (lo, hi, clo, chi, ones, ones, jnp.zeros(lo.shape, jnp.int32), jnp.int32(0))
