@@ -118,18 +118,10 @@ def main() -> None:
     data = torch.randint(0, args.vocab, (args.batch, args.context + 1), generator=gen)
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
-    def step() -> float:
+    def step(optimizer_region=contextlib.nullcontext) -> float:
         _, loss = model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    def labelled_step() -> float:  # the same step, its optimizer part under one record
-        _, loss = model(x, y)
-        loss.backward()
-        with torch.profiler.record_function("optimizer"):
+        with optimizer_region():  # the profile labels this part "optimizer"
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -137,7 +129,8 @@ def main() -> None:
 
     print(f"ready {n_params} {torch.__version__} threads={torch.get_num_threads()}", flush=True)
     if args.profile:
-        print(json.dumps(profile_steps(labelled_step, args.profile)), flush=True)
+        region = lambda: torch.profiler.record_function("optimizer")  # noqa: E731
+        print(json.dumps(profile_steps(lambda: step(region), args.profile)), flush=True)
         return
     for line in sys.stdin:
         words = line.split()

@@ -50,22 +50,22 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 CPUS_DEFAULT = "0"
 
-if __name__ == "__main__":  # pin before JAX starts: its thread pool sizes itself from the mask
-    _cpus = CPUS_DEFAULT
-    for _i, _a in enumerate(sys.argv):
-        if _a.startswith("--cpus="):
-            _cpus = _a.split("=", 1)[1]
-        elif _a == "--cpus" and _i + 1 < len(sys.argv):
-            _cpus = sys.argv[_i + 1]
-    os.sched_setaffinity(0, {int(c) for c in _cpus.split(",")})
+if __name__ == "__main__":  # before JAX starts: its thread pool sizes itself from the mask
+    from _cpus import pin_from_argv
+
+    pin_from_argv(CPUS_DEFAULT)
 
 import jax  # noqa: E402
-from _timing import load_average, print_json, print_table  # noqa: E402
+from _timing import (  # noqa: E402
+    load_average,
+    median,
+    print_json,
+    print_table,
+    step_runner,
+    time_interleaved,
+)
 from jax.profiler import ProfileData  # noqa: E402
-from lm_throughput import SHAPES, VOCAB, lm_model, token_batch  # noqa: E402
-
-from jaxopt_models import training  # noqa: E402
-from jaxopt_models.recipes import lm  # noqa: E402
+from lm_throughput import SHAPES, VOCAB, library_train_step, lm_model, token_batch  # noqa: E402
 
 CATEGORIES = (
     "linear layers",
@@ -136,21 +136,9 @@ def op_category(thunk: str, op_name: str, has_dot: bool) -> str:
 
 def library_step_and_program(shape: dict):
     """The LM recipe's compiled step on ``shape`` as a no-argument callable, and its HLO."""
-    x, y = token_batch(shape)
-    model = lm_model(shape)
-    config = lm.default_config()
-    tx = training.make_optimizer(config.optimizer, config.num_steps)
-    state = training.create_train_state(model, jax.random.key(0), x, tx)
-    step = training.make_train_step(loss_fn=lm.lm_loss, input_key="tokens", label_key="targets")
-    batch = {"tokens": x, "targets": y}
-    box = {"state": step.place_state(state)}
-    text = step.lower(box["state"], batch).compile().as_text()
-
-    def run():
-        box["state"], metrics = step(box["state"], batch)
-        return metrics["loss"]
-
-    return run, text
+    step, state, batch = library_train_step(lm_model(shape), *token_batch(shape))
+    text = step.lower(step.place_state(state), batch).compile().as_text()
+    return step_runner(step, state, batch), text
 
 
 def profile_jax(shape: dict, steps: int) -> dict:
@@ -238,16 +226,13 @@ def gemm_seconds(n: int, k: int, m: int, reps: int) -> dict[str, float]:
         "dy @ w.T": (jax.jit(lambda dy, w: dy @ w.T), (dy, w)),
         "x.T @ dy": (jax.jit(lambda x, dy: x.T @ dy), (x, dy)),
     }
-    out = {}
-    for name, (fn, args) in fns.items():
-        jax.block_until_ready(fn(*args))
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times.append(time.perf_counter() - t0)
-        out[name] = float(np.median(times))
-    return out
+    times = time_interleaved(
+        {name: (lambda fn=fn, args=args: fn(*args)) for name, (fn, args) in fns.items()},
+        rounds=reps,
+        iters=1,
+        warmup=1,
+    )
+    return {name: median(t) for name, t in times.items()}
 
 
 def torch_gemm_seconds(python: str, threads: int, n: int, k: int, m: int, reps: int) -> dict:

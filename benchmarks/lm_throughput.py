@@ -42,17 +42,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+if __name__ == "__main__":  # before JAX starts: its thread pools size themselves from the mask
+    from _cpus import pin_from_argv
 
-def _pin(cpus: str | None) -> None:
-    """Restricts this process (and its children) to ``cpus`` before JAX starts."""
-    if cpus:
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-
-
-if __name__ == "__main__":  # the thread pools size themselves from the affinity mask
-    _pin(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--cpus=")), None))
-    if "--cpus" in sys.argv[:-1]:
-        _pin(sys.argv[sys.argv.index("--cpus") + 1])
+    pin_from_argv()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -148,13 +141,18 @@ def nanogpt_optimizer() -> optax.GradientTransformation:
     )
 
 
-def library_step(model, x, y):
-    """The LM recipe's compiled step (its optimizer config) as a no-argument callable."""
+def library_train_step(model, x, y):
+    """The LM recipe's compiled step (its optimizer config), its state and the batch."""
     config = lm.default_config()
     tx = training.make_optimizer(config.optimizer, config.num_steps)
     state = training.create_train_state(model, jax.random.key(0), x, tx)
     step = training.make_train_step(loss_fn=lm.lm_loss, input_key="tokens", label_key="targets")
-    return step_runner(step, state, {"tokens": x, "targets": y})
+    return step, state, {"tokens": x, "targets": y}
+
+
+def library_step(model, x, y):
+    """The LM recipe's compiled step as a no-argument callable."""
+    return step_runner(*library_train_step(model, x, y))
 
 
 def minimal_step(model, x, y):
@@ -362,34 +360,25 @@ def measure_xla_costs(*, rounds: int):
         def grad_of(attention):
             return jax.jit(jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v) * r), (0, 1, 2)))
 
-        plain = grad_of(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
-        ours = grad_of(lambda q, k, v: transformer._attention(q, k, v, None, True))
-        fns = {
-            "jax.nn.dot_product_attention": lambda: plain(q, k, v),
-            "library attention": lambda: ours(q, k, v),
+        heads_major = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
+        attentions = {
+            "jax.nn.dot_product_attention": lambda q, k, v: jax.nn.dot_product_attention(
+                q, k, v, is_causal=True
+            ),
+            "library attention": lambda q, k, v: transformer._attention(q, k, v, None, True),
         }
-        iters = 10 if name == "cpu" else 2
         if t >= 128:  # query blocks of 64: the upper blocks skipped, as PyTorch's kernel does
-            heads_major = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
-            blocked = grad_of(
-                lambda q, k, v: heads_major(
-                    blocked_causal_attention(*map(heads_major, (q, k, v)), 64)
-                )
+            attentions["blocked causal, 64-row blocks"] = lambda q, k, v: heads_major(
+                blocked_causal_attention(*map(heads_major, (q, k, v)), 64)
             )
-            fns["blocked causal, 64-row blocks"] = lambda: blocked(q, k, v)
-            fwd = {
-                "library attention": jax.jit(
-                    lambda q, k, v: transformer._attention(q, k, v, None, True)
-                ),
-                "blocked causal, 64-row blocks": jax.jit(
-                    lambda q, k, v: heads_major(
-                        blocked_causal_attention(*map(heads_major, (q, k, v)), 64)
-                    )
-                ),
-            }
+        grads = {n: grad_of(f) for n, f in attentions.items()}
+        fns = {n: (lambda g=g: g(q, k, v)) for n, g in grads.items()}
+        iters = 10 if name == "cpu" else 2
+        if t >= 128:
+            forward = {n: jax.jit(attentions[n]) for n in list(attentions)[1:]}
             out[f"attention forward {name} shape"] = (
                 time_interleaved(
-                    {n: (lambda f=f: f(q, k, v)) for n, f in fwd.items()},
+                    {n: (lambda f=f: f(q, k, v)) for n, f in forward.items()},
                     rounds=rounds,
                     iters=iters,
                 ),

@@ -295,7 +295,7 @@ _GELU_C = float(np.sqrt(2.0 / np.pi))
 @jax.custom_vjp
 def _gelu_tanh(x: jax.Array) -> jax.Array:
     """``jax.nn.gelu(x, approximate=True)`` whose gradient keeps only ``x``."""
-    return jax.nn.gelu(x, approximate=True)
+    return _gelu_tanh_fwd(x)[0]
 
 
 def _gelu_tanh_fwd(x):
