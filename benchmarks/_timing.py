@@ -1,5 +1,6 @@
 """Timing helpers shared by the benchmark scripts: interleaved rounds, medians, JSON line."""
 
+import argparse
 import json
 import os
 import statistics
@@ -76,3 +77,13 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def print_json(record: dict) -> None:
     print(json.dumps(record, sort_keys=True))
+
+
+def shape_names(parser: argparse.ArgumentParser, value: str, shapes: dict) -> list[str]:
+    """The comma list ``--shapes`` as names of ``shapes``; an unknown one is a parser error
+    naming the allowed ones."""
+    names = value.split(",")
+    for name in names:
+        if name not in shapes:
+            parser.error(f"--shapes: unknown shape {name!r}; choose from {sorted(shapes)}")
+    return names

@@ -41,7 +41,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _timing import load_average, median, print_json, print_table, time_interleaved  # noqa: E402
+from _timing import (  # noqa: E402
+    load_average,
+    median,
+    print_json,
+    print_table,
+    shape_names,
+    time_interleaved,
+)
 
 from jaxopt_models import models, quantization  # noqa: E402
 from jaxopt_models.models import weight_only_dense  # noqa: E402
@@ -162,10 +169,7 @@ def main() -> None:
     context = args.context or (64 if args.quick else 256)
     if context <= PROMPT:
         p.error(f"--context must be more than the {PROMPT}-token prompt, got {context}")
-    names = (args.shapes or ("bible" if args.quick else "bible,wide")).split(",")
-    for name in names:
-        if name not in SHAPES:
-            p.error(f"--shapes: unknown shape {name!r}; choose from {sorted(SHAPES)}")
+    names = shape_names(p, args.shapes or ("bible" if args.quick else "bible,wide"), SHAPES)
 
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind})"

@@ -61,6 +61,7 @@ from _timing import (  # noqa: E402
     median,
     print_json,
     print_table,
+    shape_names,
     step_runner,
     time_interleaved,
 )
@@ -255,10 +256,7 @@ def main() -> None:
     args = p.parse_args()
     if (args.torch_python is None) != (args.nanogpt_model is None):
         p.error("--torch_python and --nanogpt_model go together")
-    names = args.shapes.split(",")
-    for name in names:
-        if name not in SHAPES:
-            p.error(f"--shapes: unknown shape {name!r}; choose from {sorted(SHAPES)}")
+    names = shape_names(p, args.shapes, SHAPES)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be a positive integer, got {args.steps}")
     cores = len(os.sched_getaffinity(0))

@@ -57,6 +57,7 @@ from _timing import (  # noqa: E402
     median,
     print_json,
     print_table,
+    shape_names,
     step_runner,
     time_interleaved,
 )
@@ -408,10 +409,7 @@ def main() -> None:
     if (args.torch_python is None) != (args.nanogpt_model is None):
         p.error("--torch_python and --nanogpt_model go together")
     rounds = args.rounds or (3 if args.quick else 7)
-    names = (args.shapes or ("cpu" if args.quick else "cpu,wide")).split(",")
-    for name in names:
-        if name not in SHAPES:
-            p.error(f"--shapes: unknown shape {name!r}; choose from {sorted(SHAPES)}")
+    names = shape_names(p, args.shapes or ("cpu" if args.quick else "cpu,wide"), SHAPES)
 
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()}, cores "
